@@ -1,0 +1,44 @@
+# lficam: `make train` and `make test` are all a new machine needs.
+# torch/torchvision are pinned to the releases that lie on this project's machines' local disk
+# (any other version is a multi-GB download); change TORCH_PINS for your own CUDA build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+export WANDB_MODE ?= offline
+
+.PHONY: help setup train test lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
+	$(BIN)/python -m pip install --quiet -e '.[all]' $(TORCH_PINS)
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create or update the virtual environment in .venv
+
+train: $(STAMP)  ## train LFI-CAM on the built-in synthetic data set
+	$(BIN)/python train.py $(ARGS)
+
+test: $(STAMP)  ## run the whole offline test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)  ## ruff autofix and format
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)  ## print the training-step benchmark table
+	$(BIN)/python bench/train_step.py
+
+clean:  ## remove run outputs (keeps .venv)
+	rm -rf outputs multirun .pytest_cache

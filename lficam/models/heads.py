@@ -1,0 +1,106 @@
+"""Attention heads: each turns a :class:`Backbone` into a classifier returning :class:`ModelOutput`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lficam.models.backbones import Backbone
+from lficam.models.fin import FeatureImportanceNetwork
+from lficam.models.normalize import minmax_channels, minmax_spatial, minmax_unit
+from lficam.models.output import ModelOutput, check_images
+
+
+class Classifier(nn.Module):
+    """Base of every model: a backbone, a head, and the loss the model is trained with."""
+
+    backbone: Backbone
+
+    def loss(self, output: ModelOutput, targets: Tensor) -> Tensor:
+        """Cross-entropy on the final logits, plus on the auxiliary logits where a model has them."""
+        loss = F.cross_entropy(output.logits, targets)
+        if output.aux_logits is not None:
+            loss = loss + F.cross_entropy(output.aux_logits, targets)
+        return loss
+
+    @property
+    def target_layer(self) -> nn.Module:
+        """The layer whose activations post-hoc CAMs explain by default: the last stage."""
+        return self.backbone.stages[-1]
+
+
+class PlainClassifier(Classifier):
+    """The backbone alone: logits = FC(GAP(F)); its map is the CAM of the predicted class (Zhou et al. 2016).
+
+    CAM_c = Σ_k W[c, k] · F_k for c = argmax logits, min-max scaled to [0, 1] per image (a constant map
+    gives zeros). Free: no gradients and no extra pass.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(backbone.out_channels, num_classes)
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        check_images(x)
+        features = self.backbone(x)
+        logits = self.fc(features.mean(dim=(2, 3)))
+        weights = self.fc.weight[logits.argmax(dim=1)]
+        cam = torch.einsum("bc,bchw->bhw", weights.to(features.dtype), features)
+        return ModelOutput(logits, minmax_unit(cam))
+
+
+class LFICAMClassifier(Classifier):
+    """LFI-CAM (Lee, Park, Oh, Kwak, ICCV 2021): attention from learned feature importance, used in the forward pass.
+
+    With x the normalised input and F = trunk(x) (B×C×h×w):
+      g  = Up_{h×w}(mean_rgb(x))                      grey image at feature resolution (may be negative)
+      N  = minmax_space(F) per channel; 0/0 → 1; N = 0 where F = 0
+      w  = softmax_C(GAP(FIN(N · g)))                 one importance per channel
+      S  = ReLU(Σ_k w_k F_k);  A = minmax_space(S)     (a constant S is kept as is, so S = 0 gives A = 0)
+      F' = (1 + A) · F;  logits = FC(GAP(F'))
+    Trained with cross-entropy on the logits only; nothing is detached, so the FIN learns through A.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        *,
+        fin: str = "paper",
+        fin_relu_every_layer: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        channels = backbone.out_channels
+        relu_every = backbone.family == "imagenet" if fin_relu_every_layer is None else fin_relu_every_layer
+        self.fin = create_fin(fin, channels, relu_every_layer=relu_every)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def attention_from_features(self, x: Tensor, features: Tensor) -> Tensor:
+        """A (B×1×h×w) from the input and the trunk's features, method.md §1.2 steps 1–6."""
+        grey = x.mean(dim=1, keepdim=True)
+        grey = F.interpolate(grey, size=features.shape[-2:], mode="bilinear", align_corners=False)
+        masked = minmax_channels(features).to(features.dtype) * grey.to(features.dtype)
+        importance = self.fin(masked)
+        saliency = F.relu(torch.einsum("bc,bchw->bhw", importance.to(features.dtype), features))
+        return minmax_spatial(saliency.unsqueeze(1))
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        check_images(x)
+        features = self.backbone(x)
+        attention = self.attention_from_features(x, features)
+        reweighted = (1 + attention.to(features.dtype)) * features
+        logits = self.fc(reweighted.mean(dim=(2, 3)))
+        return ModelOutput(logits, attention.squeeze(1))
+
+
+def create_fin(kind: str, channels: int, *, relu_every_layer: bool) -> nn.Module:
+    """The FIN variant by name: ``paper`` is the published network."""
+    from lficam.errors import UnknownNameError
+
+    builders = {"paper": lambda: FeatureImportanceNetwork(channels, relu_every_layer=relu_every_layer)}
+    if kind not in builders:
+        raise UnknownNameError("FIN variant", kind, builders)
+    return builders[kind]()

@@ -1,0 +1,190 @@
+"""The training task: compose → instantiate → fit → test → summary. ``train.py`` at the top calls it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lficam.errors import UserError
+from lficam.models import count_parameters, create_model
+
+log = logging.getLogger("lficam")
+
+
+def model_config_of(cfg: DictConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`lficam.create_model` chosen by the ``model`` and ``attention`` groups."""
+    options = {**(cfg.model.get("options") or {}), **(cfg.attention.get("options") or {})}
+    return {
+        "backbone": cfg.model.backbone,
+        "num_classes": int(cfg.data.num_classes),
+        "attention": cfg.attention.name,
+        **OmegaConf.to_container(OmegaConf.create(options), resolve=True),
+    }
+
+
+def build_module(cfg: DictConfig) -> pl.LightningModule:
+    model_config = model_config_of(cfg)
+    net = create_model(**model_config)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return instantiate(
+        cfg.module,
+        net=net,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=scheduler,
+        model_config=model_config,
+        _recursive_=False,
+    )
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+
+
+def _warn_small_maps(cfg: DictConfig, net: torch.nn.Module) -> None:
+    size = cfg.data.get("image_size")
+    backbone = getattr(net, "backbone", None)
+    if size and backbone is not None:
+        side = size // backbone.feature_info[-1].reduction
+        if side < 4:
+            log.warning(
+                "%s makes %d×%d attention maps at %d px: use a larger data.image_size or "
+                "model.options.stem_stride=1 for maps that can localise.",
+                cfg.model.backbone,
+                side,
+                side,
+                size,
+            )
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit and test one run; returns every metric Lightning collected, as floats."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    module = build_module(cfg)
+    _warn_small_maps(cfg, module.net)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(
+            {
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "parameters/total": count_parameters(module.net),
+                "parameters/backbone": count_parameters(module.net.backbone),
+            }
+        )
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(_floats(trainer.callback_metrics))
+    if cfg.get("test", True):
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None and cfg.get("train", True) else None
+        if cfg.get("train", True) and not best:
+            log.warning("No best checkpoint was saved; testing the current weights.")
+        trainer.test(
+            module,
+            datamodule=datamodule,
+            ckpt_path=best or (None if cfg.get("train", True) else cfg.get("ckpt_path")),
+            weights_only=False,
+        )
+        metrics.update(_floats(trainer.callback_metrics))
+    if trainer.is_global_zero:
+        summary = {"run_dir": str(output_dir), "metrics": metrics}
+        if trainer.checkpoint_callback is not None:
+            summary["best_checkpoint"] = trainer.checkpoint_callback.best_model_path
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return metrics
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if (torch.is_tensor(v) and v.numel() == 1) or isinstance(v, float)
+    }
+
+
+def print_summary(metrics: dict[str, float], run_dir: str | Path) -> None:
+    """A table of the numbers a user looks at first, and where the run was written."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lficam run summary")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    wanted = [
+        "val/acc_best",
+        "val/acc",
+        "test/acc",
+        "test/acc_top5",
+        "test/attn/pointing_game",
+        "val/attn/pointing_game",
+        "test/loss",
+    ]
+    for key in wanted + sorted(k for k in metrics if k.startswith("test/attn/") and k not in wanted):
+        if key in metrics and not math.isnan(metrics[key]):
+            table.add_row(key, f"{metrics[key]:.4f}")
+    console = Console()
+    console.print(table)
+    console.print(f"Run folder: {run_dir}")
+
+
+def quiet_known_warnings() -> None:
+    """Silence advice that does not apply to our data modules (in-memory data needs no workers)."""
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*The number of training batches.*",
+        ".*Checkpoint directory .* exists and is not empty.*",
+        ".*LeafSpec.*",
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def run_task(cfg: DictConfig) -> float | None:
+    """Hydra task body: train, print the summary, and turn a user's mistake into one sentence."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    quiet_known_warnings()
+    run_dir = cfg.paths.output_dir
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        metrics = train(cfg)
+    except UserError as error:
+        log.error("%s (the run folder %s keeps what was written before this error)", error, run_dir)
+        if multirun:  # one failed trial must not end the sweep
+            return float("nan")
+        raise SystemExit(2) from None
+    finally:
+        _close_wandb()
+    print_summary(metrics, run_dir)
+    name = cfg.get("optimized_metric")
+    if name:
+        if name not in metrics:
+            raise SystemExit(f"optimized_metric {name!r} was not logged; choose one of {sorted(metrics)}.")
+        return metrics[name]
+    return None
+
+
+def _close_wandb() -> None:
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()

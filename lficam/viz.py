@@ -1,0 +1,73 @@
+"""Pictures of attention maps: heat-map overlays and labelled grids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs on servers and in CI
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def colorize(maps: Tensor, cmap: str = "jet") -> Tensor:
+    """B×H×W maps in [0, 1] → B×3×H×W RGB through a matplotlib colour map, on the maps' device."""
+    lut = torch.tensor(
+        matplotlib.colormaps[cmap](torch.linspace(0, 1, 256).numpy())[:, :3],
+        dtype=torch.float32,
+        device=maps.device,
+    )
+    index = (maps.clamp(0, 1) * 255).round().long()
+    return lut[index].permute(0, 3, 1, 2)
+
+
+def overlay(images: Tensor, maps: Tensor, alpha: float = 0.5) -> Tensor:
+    """Blend maps (B×h×w, upsampled bilinearly to the images' size) over images (B×3×H×W in [0, 1])."""
+    if maps.shape[-2:] != images.shape[-2:]:
+        maps = F.interpolate(
+            maps.unsqueeze(1).float(), size=images.shape[-2:], mode="bilinear", align_corners=False
+        ).squeeze(1)
+    return ((1 - alpha) * images + alpha * colorize(maps)).clamp(0, 1)
+
+
+def save_overlay_grid(
+    path: str | Path,
+    images: Tensor,
+    maps: dict[str, Tensor],
+    titles: Sequence[str] | None = None,
+    columns: int = 8,
+) -> Path:
+    """Save one figure: for each image, the image and one overlay per named map (rows of ``columns``).
+
+    images: B×3×H×W in [0, 1]; maps: name → B×h×w in [0, 1]; titles: one per image.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    panels = [("image", images)] + [(name, overlay(images, m)) for name, m in maps.items()]
+    b = images.shape[0]
+    columns = min(columns, b)
+    rows_per_image_row = len(panels)
+    image_rows = (b + columns - 1) // columns
+    fig, axes = plt.subplots(
+        image_rows * rows_per_image_row,
+        columns,
+        figsize=(1.6 * columns, 1.7 * image_rows * rows_per_image_row),
+        squeeze=False,
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(b):
+        r, c = divmod(i, columns)
+        for p, (name, tensor) in enumerate(panels):
+            ax = axes[r * rows_per_image_row + p, c]
+            ax.imshow(tensor[i].detach().float().cpu().permute(1, 2, 0).numpy())
+            label = titles[i] if (titles is not None and p == 0) else name if c == 0 or p > 0 else ""
+            ax.set_title(label, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
