@@ -1,0 +1,59 @@
+"""Shared fixtures: composed configs shrunk for speed, tiny data modules, and the repository root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Overrides that make any training config run in seconds on a CPU.
+TINY = [
+    "data.image_size=32",
+    "data.train_size=256",
+    "data.val_size=64",
+    "data.test_size=64",
+    "data.batch_size=32",
+    "data.eval_batch_size=64",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+]
+
+
+def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
+    """The real training config with the given overrides, writing into ``tmp_path``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(ROOT)
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.paths.data_dir = str(tmp_path / "data")
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> DictConfig:
+    return compose_train(TINY, tmp_path)
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["WANDB_MODE"] = "offline"
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
