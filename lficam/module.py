@@ -33,6 +33,8 @@ class LitClassifier(pl.LightningModule):
 
     net: the model (``lficam.create_model(...)``).
     model_config: the keyword arguments of ``create_model`` that rebuild ``net`` (stored in checkpoints).
+    data_config: the data module's resolved config (image size, normalisation), so that evaluation,
+        explanation and export can prepare inputs as training did (stored in checkpoints).
     optimizer: a partial taking the parameters (``_partial_: true`` in config).
     scheduler: a partial taking the optimiser, stepped every epoch, or None.
     num_classes: for the metrics.
@@ -47,10 +49,11 @@ class LitClassifier(pl.LightningModule):
         num_classes: int,
         compile: bool = False,
         model_config: dict[str, Any] | None = None,
+        data_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Only plain values go into checkpoints (no pickled callables), so they load with weights_only=True;
-        # model_config is what lficam.create_model needs to rebuild the network.
+        # model_config is what lficam.create_model needs to rebuild the network, data_config how inputs looked.
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
