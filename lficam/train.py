@@ -35,12 +35,14 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
     model_config = model_config_of(cfg)
     net = create_model(**model_config)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    data_config = OmegaConf.to_container(cfg.data, resolve=True)
     return instantiate(
         cfg.module,
         net=net,
         optimizer=instantiate(cfg.optimizer),
         scheduler=scheduler,
         model_config=model_config,
+        data_config=data_config,
         _recursive_=False,
     )
 
