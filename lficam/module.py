@@ -28,6 +28,15 @@ def upsample_maps(attention: Tensor, size: tuple[int, int]) -> Tensor:
     return up.squeeze(1)
 
 
+def _plain(value: Any) -> Any:
+    """OmegaConf containers → dicts and lists, which checkpoints can hold without pickled classes."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 class LitClassifier(pl.LightningModule):
     """Trains any :class:`~lficam.models.heads.Classifier`.
 
@@ -52,6 +61,7 @@ class LitClassifier(pl.LightningModule):
         data_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        model_config, data_config = _plain(model_config), _plain(data_config)
         # Only plain values go into checkpoints (no pickled callables), so they load with weights_only=True;
         # model_config is what lficam.create_model needs to rebuild the network, data_config how inputs looked.
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)

@@ -102,7 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             module,
             datamodule=datamodule,
             ckpt_path=best or (None if cfg.get("train", True) else cfg.get("ckpt_path")),
-            weights_only=False,
+            weights_only=True,
         )
         metrics.update(_floats(trainer.callback_metrics))
     if trainer.is_global_zero:
