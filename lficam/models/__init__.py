@@ -9,11 +9,13 @@ from torch import nn
 
 from lficam.errors import UnknownNameError, UserError
 from lficam.models import cifar_resnet, torchvision_resnet  # noqa: F401  (register the backbones)
+from lficam.models.abn import ABNClassifier
 from lficam.models.backbones import Backbone, available_backbones, create_backbone
 from lficam.models.heads import Classifier, LFICAMClassifier, PlainClassifier
 from lficam.models.output import ModelOutput
 
 _HEADS: dict[str, Callable[..., Classifier]] = {
+    "abn": ABNClassifier,
     "lficam": LFICAMClassifier,
     "none": PlainClassifier,
 }
@@ -40,8 +42,8 @@ def create_model(
 
     backbone: a name of :func:`available_backbones` (CIFAR ResNets ``cifar_resnet20…110``, torchvision
         ``resnet18…152``).
-    attention: ``lficam`` (the paper's model), ``none`` (the plain backbone, its map is its CAM) or another
-        registered head such as ``abn``.
+    attention: ``lficam`` (the paper's model), ``abn`` (the Attention Branch Network baseline), ``none``
+        (the plain backbone, its map is its CAM) or another head added with :func:`register_attention`.
     options: keyword options of the backbone (e.g. ``stem_stride``, ``weights``, ``block``) or of the head
         (e.g. ``fin``); each goes where it belongs, an unknown one is an error.
     The forward pass of the result maps B×3×H×W images to ``ModelOutput(logits, attention, aux_logits)``.
@@ -67,6 +69,7 @@ def create_model(
 
 
 __all__ = [
+    "ABNClassifier",
     "Backbone",
     "Classifier",
     "LFICAMClassifier",

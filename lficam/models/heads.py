@@ -97,10 +97,20 @@ class LFICAMClassifier(Classifier):
 
 
 def create_fin(kind: str, channels: int, *, relu_every_layer: bool) -> nn.Module:
-    """The FIN variant by name: ``paper`` is the published network."""
-    from lficam.errors import UnknownNameError
+    """The FIN variant by name.
 
-    builders = {"paper": lambda: FeatureImportanceNetwork(channels, relu_every_layer=relu_every_layer)}
+    ``paper``: the published network (:class:`FeatureImportanceNetwork`, 36·C² conv weights).
+    ``lite``: this project's light variant (:class:`~lficam.models.fin_lite.LiteFeatureImportanceNetwork`,
+    a C/8 bottleneck with depthwise-separable 3×3 convolutions, 2·C·m + 2·m² + 24·m + 2·C parameters);
+    ``relu_every_layer`` only applies to ``paper``.
+    """
+    from lficam.errors import UnknownNameError
+    from lficam.models.fin_lite import LiteFeatureImportanceNetwork
+
+    builders = {
+        "paper": lambda: FeatureImportanceNetwork(channels, relu_every_layer=relu_every_layer),
+        "lite": lambda: LiteFeatureImportanceNetwork(channels),
+    }
     if kind not in builders:
         raise UnknownNameError("FIN variant", kind, builders)
     return builders[kind]()
