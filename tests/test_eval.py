@@ -96,7 +96,7 @@ def test_stability_over_a_sweep_folder(runs):
 
 
 def test_stability_refuses_one_run_and_mixed_data(runs, tmp_path):
-    base, (run, _) = runs
+    _, (run, _) = runs
     one = run_eval(
         [f"stability.runs=[{run / 'checkpoints' / 'last.ckpt'}]", f"hydra.run.dir={tmp_path / 'o'}"], tmp_path
     )
