@@ -18,7 +18,7 @@ raw maps at the target layer's resolution (B×h×w). Everything else lives here:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -171,11 +171,8 @@ class CAMMethod:
 
     def activations(self, x: Tensor, *, logits: bool = True) -> Recording:
         """One forward pass without autograd; ``logits=False`` stops right after the target layer."""
-        with record(self.target_layer, stop=not logits) as recording:
-            try:
-                recording.logits = logits_of(self.model(x))
-            except _StopForward:
-                pass
+        with record(self.target_layer, stop=not logits) as recording, suppress(_StopForward):
+            recording.logits = logits_of(self.model(x))
         return self._checked(recording)
 
     def activations_and_gradients(self, x: Tensor, targets: Any) -> tuple[Tensor, Tensor, Tensor]:
