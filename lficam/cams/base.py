@@ -204,7 +204,8 @@ class CAMMethod:
         indices = torch.as_tensor(targets, device=logits.device)
         if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
             raise UserError(f"targets must be integer class indices, got dtype {indices.dtype}.")
-        indices = indices.long().reshape(-1)
+        # gather saves its index for backward, which an inference-mode tensor cannot be.
+        indices = indices.long().reshape(-1).clone()
         if indices.numel() == 1 and batch > 1:
             indices = indices.expand(batch)
         if indices.numel() != batch:

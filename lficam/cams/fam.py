@@ -54,6 +54,11 @@ class FAM(CAMMethod):
 
     def compute(self, x: Tensor, targets: Any, reference: Tensor | None = None) -> Tensor:
         reference = self.reference if reference is None else reference
+        if reference is None and find_classifier(self.model) is None:
+            raise UserError(
+                "FAM needs a reference (an image or an embedding) for a model without a linear classifier: "
+                "pass reference= to lficam.cams.create or to the call."
+            )
         recording = self.activations(x, logits=reference is None)
         activation = recording.activation.float()
         embedding = activation.mean(dim=(2, 3))
@@ -80,11 +85,6 @@ class FAM(CAMMethod):
     def _prototype(self, reference: Tensor | None, targets: Any, logits: Tensor | None, x: Tensor) -> Tensor:
         if reference is None:
             classifier = find_classifier(self.model)
-            if classifier is None:
-                raise UserError(
-                    "FAM needs a reference (an image or an embedding) for a model without a linear classifier: "
-                    "pass reference= to lficam.cams.create or to the call."
-                )
             classes = self.resolve_targets(targets, logits)
             return classifier.weight[classes].detach().float()
         if not isinstance(reference, Tensor):
