@@ -215,8 +215,11 @@ def test_every_method_gives_unit_maps_at_the_input_size(model_name: str, method:
     x = torch.randn(2, 3, side, side)
     maps = cam(x, torch.tensor([0, 3]))
     assert maps.shape == (2, side, side)
-    assert maps.dtype == torch.float32 and maps.device == x.device
-    assert torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    assert maps.dtype == torch.float32
+    assert maps.device == x.device
+    assert torch.isfinite(maps).all()
+    assert maps.min() >= 0
+    assert maps.max() <= 1
     # A map is flat (zeros: e.g. Grad-CAM of a class the image argues against) or spans [0, 1].
     assert set(maps.flatten(1).amax(dim=1).tolist()) <= {0.0, 1.0}
     raw = cam(x, raw=True)  # the predicted classes: random images should give a non-flat map
@@ -268,7 +271,9 @@ def test_no_hooks_or_state_change_left_after_an_exception(method: str) -> None:
         with pytest.raises(RuntimeError, match="boom"):
             cam(x)
     assert _hook_count(net) == 0
-    assert net.training and net.features[0].training and not net.features[1].training
+    assert net.training
+    assert net.features[0].training
+    assert not net.features[1].training
     assert torch.is_grad_enabled()
 
 
@@ -294,7 +299,8 @@ def test_training_flag_grad_mode_and_batchnorm_statistics_are_untouched(method: 
     with torch.no_grad():
         again = cams.create(method, net)(x, raw=True)
         assert not torch.is_grad_enabled()
-    assert net.training and all(m.training for m in net.modules())
+    assert net.training
+    assert all(m.training for m in net.modules())
     for key, value in net.state_dict().items():
         assert torch.equal(value, buffers[key]), key
     torch.testing.assert_close(eval_maps, again)
@@ -341,7 +347,8 @@ def test_works_in_a_lightning_validation_step() -> None:
     maps = torch.cat(module.maps)
     expected = cams.create("gradcam", module.net)(data.tensors[0], data.tensors[1])
     torch.testing.assert_close(maps, expected)
-    assert maps.shape == (4, 8, 8) and maps.amax(dim=(1, 2)).gt(0).all()
+    assert maps.shape == (4, 8, 8)
+    assert maps.amax(dim=(1, 2)).gt(0).all()
 
 
 def _live_tensors() -> int:
@@ -379,7 +386,8 @@ def test_target_layers_by_default_by_name_and_inside_a_block() -> None:
     x = torch.randn(2, 3, 64, 64)
     for layer in (tv.layer4[1].bn2, tv.layer4[1].relu, tv.layer2):
         maps = cams.create("gradcam", tv, layer)(x)
-        assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
+        assert maps.shape == (2, 64, 64)
+        assert torch.isfinite(maps).all()
     with pytest.raises(UserError, match="no layer 'layer9'"):
         cams.create("gradcam", tv, "layer9")
     with pytest.raises(UserError, match="not part of"):
