@@ -15,7 +15,7 @@ from lficam.cams.gradcam import GradCAM, GradientCAM
 from lficam.cams.gradcampp import GradCAMPlusPlus
 from lficam.cams.layercam import LayerCAM
 from lficam.cams.layers import default_target_layer
-from lficam.cams.registry import available, create, register
+from lficam.cams.registry import available, create, method_name, register
 from lficam.cams.scorecam import ScoreCAM
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "create",
     "default_target_layer",
     "logits_of",
+    "method_name",
     "principal_projection",
     "register",
 ]

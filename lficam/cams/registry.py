@@ -41,6 +41,14 @@ def available() -> list[str]:
     return sorted(_METHODS)
 
 
+def method_name(name: str) -> str:
+    """The registered name of a method (``"Grad-CAM++"`` → ``"gradcampp"``); unknown names raise."""
+    key = _canonical(str(name))
+    if key not in _METHODS:
+        raise UnknownNameError("CAM method", name, _METHODS)
+    return key
+
+
 def create(
     name: str, model: nn.Module, target_layer: nn.Module | str | None = None, **options: Any
 ) -> CAMMethod:
@@ -51,10 +59,7 @@ def create(
     options: the method's own keyword options (``batch_size`` for Score-CAM, ``phase2`` for Abs-CAM,
         ``reference`` and ``similarity`` for FAM, ``classifier`` for CAM).
     """
-    key = _canonical(str(name))
-    if key not in _METHODS:
-        raise UnknownNameError("CAM method", name, _METHODS)
-    cls = _METHODS[key]
+    cls = _METHODS[method_name(name)]
     allowed = [p for p in list(inspect.signature(cls.__init__).parameters)[3:] if p != "kwargs"]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
