@@ -84,7 +84,7 @@ def test_writes_one_picture_per_image_with_every_map_and_the_prediction(
     saved: dict[str, tuple] = {}
     real_save = lficam.viz.save_side_by_side
 
-    def spy(path, image, maps, title=""):  # noqa: ANN001, ANN202
+    def spy(path, image, maps, title=""):
         saved[Path(path).name] = (image, maps, title)
         return real_save(path, image, maps, title)
 
@@ -109,7 +109,8 @@ def test_writes_one_picture_per_image_with_every_map_and_the_prediction(
         assert image.shape == (3, 16, 16)
         assert maps["own"].shape == (4, 4)  # the model's map at its feature resolution
         assert maps["gradcam"].shape == (16, 16)
-        assert 0 <= float(maps["scorecam"].min()) and float(maps["scorecam"].max()) <= 1
+        assert float(maps["scorecam"].min()) >= 0
+        assert float(maps["scorecam"].max()) <= 1
     expected = lficam.cams.create("gradcam", net)(x, probs.argmax(dim=1))
     torch.testing.assert_close(saved["noise.png"][1]["gradcam"], expected[1])
 
