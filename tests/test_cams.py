@@ -407,3 +407,23 @@ def test_registry_names_options_and_errors() -> None:
         cams.create("abscam", OneConv(), phase2="blend")
     with pytest.raises(UserError, match="B×C×H×W"):
         cams.create("gradcam", OneConv())(torch.randn(3, 2, 2))
+
+
+class TupleOutput(nn.Module):
+    """A model returning ``(logits, attention)`` as a plain tuple, as exported models do."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x), x.mean(dim=1)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "cam", "scorecam"])
+def test_models_returning_a_tuple_are_explained_through_their_logits(method: str) -> None:
+    torch.manual_seed(0)
+    net = TinyCNN()
+    x = torch.randn(2, 3, 8, 8)
+    expected = cams.create(method, net, net.features)(x, raw=True)
+    torch.testing.assert_close(cams.create(method, TupleOutput(net), net.features)(x, raw=True), expected)
