@@ -71,3 +71,27 @@ def save_overlay_grid(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def save_side_by_side(path: str | Path, image: Tensor, maps: dict[str, Tensor], title: str = "") -> Path:
+    """Save one image and its named maps as overlays in one row, under a title.
+
+    image: 3×H×W in [0, 1]; maps: name → h×w in [0, 1] (upsampled to H×W for display).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = image.detach().float().cpu().unsqueeze(0)
+    panels = [("image", images)] + [
+        (name, overlay(images, m.detach().float().cpu().unsqueeze(0))) for name, m in maps.items()
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6), squeeze=False)
+    for ax, (name, tensor) in zip(axes[0], panels):
+        ax.imshow(tensor[0].permute(1, 2, 0).numpy())
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,254 @@
+"""Explain a trained model on your own images from the command line.
+
+    python -m lficam.explain ckpt_path=<run>/checkpoints/best.ckpt images=[a.jpg,b.png] methods=[own,gradcam,scorecam]
+
+Loads a checkpoint written by ``python train.py``, reads the images with PIL, resizes them to the
+training image size, normalises them as the training data were, and writes one picture per image: the
+image, the model's own attention map (``own``) and each post-hoc CAM side by side, with the predicted class
+and its probability in the title. Options and their defaults: ``conf/explain.yaml``. The output folder is
+printed at the end. A user's mistake (a missing image, an unknown method, a checkpoint that is not ours)
+ends with one sentence and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from lficam import cams
+from lficam.errors import UnknownNameError, UserError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+OWN = "own"
+# What a checkpoint that carries no data settings gets: the synthetic shapes' normalisation.
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.25, 0.25, 0.25)
+DEFAULT_SIZE = {"cifar": 32, "imagenet": 224}
+
+
+def load_config(argv: Sequence[str]) -> DictConfig:
+    """``conf/explain.yaml`` with ``key=value`` overrides (Hydra's override grammar: ``images=[a.png,b.png]``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not (CONFIG_DIR / "explain.yaml").is_file():
+        raise UserError(
+            f"The explain config is missing: expected {CONFIG_DIR / 'explain.yaml'}; reinstall lficam."
+        )
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("explain", overrides=list(argv))
+    except (HydraException, OmegaConfBaseException) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"Cannot use the arguments {' '.join(argv)!r} ({first_line}); write them as key=value, "
+            "e.g. ckpt_path=run/best.ckpt images=[a.png,b.png] methods=[own,gradcam]."
+        ) from None
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise UserError(
+            "No checkpoint given: add ckpt_path=<run>/checkpoints/<name>.ckpt (written by python train.py)."
+        )
+    return cfg
+
+
+def _as_list(value: Any, key: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if OmegaConf.is_list(value) or isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    raise UserError(f"{key} must be a list like {key}=[a,b], got {value!r}.")
+
+
+def check_methods(methods: list[str]) -> list[str]:
+    if not methods:
+        raise UserError("No methods given: add for example methods=[own,gradcam].")
+    for name in methods:
+        if name != OWN:
+            try:
+                cams.method_name(name)
+            except UnknownNameError:
+                raise UnknownNameError("method", name, [OWN, *cams.available()]) from None
+    return methods
+
+
+def _data_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """image_size, mean, std and class_names wherever a checkpoint may carry them."""
+    found: dict[str, Any] = {}
+    sources = [
+        checkpoint.get("datamodule_hyper_parameters") or {},
+        (checkpoint.get("hyper_parameters") or {}).get("data_config") or {},
+        checkpoint.get("hyper_parameters") or {},
+    ]
+    for source in sources:
+        if not isinstance(source, dict):
+            continue
+        for key in ("image_size", "mean", "std", "class_names"):
+            if key not in found and source.get(key) is not None:
+                found[key] = source[key]
+    return found
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The network of a training checkpoint (eval mode) and the data settings it carries."""
+    from lficam.models import create_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"Checkpoint {str(path)!r} does not exist: give the path of a .ckpt file written by python train.py."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt file, or one that needs unsafe unpickling
+        raise UserError(
+            f"Checkpoint {str(path)!r} cannot be read as a PyTorch checkpoint ({type(error).__name__}): "
+            "give a .ckpt file written by python train.py."
+        ) from None
+    hyper = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    model_config = hyper.get("model_config") if isinstance(hyper, dict) else None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(model_config, dict) or not isinstance(state, dict):
+        raise UserError(
+            f"Checkpoint {str(path)!r} was not written by lficam's training (it has no "
+            "hyper_parameters.model_config and state_dict): give a .ckpt file written by python train.py."
+        )
+    net = create_model(**model_config)
+    weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    if missing or unexpected or not weights:
+        raise UserError(
+            f"Checkpoint {str(path)!r} does not fit the model it describes ({model_config.get('backbone')}, "
+            f"attention {model_config.get('attention')}): {len(missing)} weights missing, {len(unexpected)} "
+            "unexpected; was it edited or written by another version?"
+        )
+    return net.eval(), _data_settings(checkpoint)
+
+
+def read_images(paths: list[str], size: int) -> Tensor:
+    """N×3×size×size in [0, 1]: each file read with PIL, converted to RGB and resized (bilinear) to a square."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    if not paths:
+        raise UserError("No images given: add images=[a.jpg,b.png].")
+    tensors = []
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(
+                f"Image {name!r} does not exist: check the path (relative paths start at {Path.cwd()})."
+            )
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            raise UserError(
+                f"Image {name!r} cannot be read as a picture ({type(error).__name__}): give a PNG or JPEG file."
+            ) from None
+        tensors.append(torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1))
+    return torch.stack(tensors).float() / 255
+
+
+def _triple(value: Any, key: str) -> tuple[float, float, float]:
+    values = [
+        float(v) for v in (value if isinstance(value, list | tuple) or OmegaConf.is_list(value) else [value])
+    ]
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or (key == "std" and min(values) <= 0):
+        raise UserError(
+            f"{key} must be one number or three (R, G, B){' above 0' if key == 'std' else ''}, got {value!r}."
+        )
+    return (values[0], values[1], values[2])
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"Unknown device {name!r}: use auto, cpu or cuda.") from None
+
+
+def explain(cfg: DictConfig) -> Path:
+    """Write the pictures; returns the output folder."""
+    from lficam.viz import save_side_by_side
+
+    methods = check_methods(_as_list(cfg.methods, "methods"))
+    image_paths = _as_list(cfg.images, "images")
+    net, stored = load_checkpoint(cfg.ckpt_path)
+    family = getattr(getattr(net, "backbone", None), "family", "imagenet")
+    size = cfg.image_size or stored.get("image_size") or DEFAULT_SIZE.get(family, 224)
+    if not isinstance(size, int) or size < 8:
+        raise UserError(f"image_size must be a whole number of pixels of at least 8, got {size!r}.")
+    mean = _triple(cfg.mean if cfg.mean is not None else stored.get("mean", DEFAULT_MEAN), "mean")
+    std = _triple(cfg.std if cfg.std is not None else stored.get("std", DEFAULT_STD), "std")
+    images = read_images(image_paths, size)
+
+    device = _device(str(cfg.device))
+    net = net.to(device)
+    x = ((images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)).to(device)
+    with torch.no_grad():
+        output = net(x)
+    logits = cams.logits_of(output)
+    probs = logits.float().softmax(dim=1)
+    predicted = probs.argmax(dim=1)
+    class_names = _as_list(cfg.class_names, "class_names") or [str(c) for c in stored.get("class_names", [])]
+    if class_names and len(class_names) != probs.shape[1]:
+        raise UserError(
+            f"class_names has {len(class_names)} names but the model has {probs.shape[1]} classes."
+        )
+
+    maps: dict[str, Tensor] = {}
+    for name in methods:
+        if name == OWN:
+            attention = getattr(output, "attention", None)
+            if attention is None:
+                raise UserError("This model has no attention map of its own: leave `own` out of methods.")
+            maps[OWN] = attention.float()
+        else:
+            options = (
+                {"batch_size": int(cfg.scorecam_batch_size)} if cams.method_name(name) == "scorecam" else {}
+            )
+            maps[name] = cams.create(name, net, cfg.target_layer, **options)(x, predicted)
+
+    out_dir = Path(cfg.output_dir or Path("outputs", "explain", datetime.now().strftime("%Y-%m-%d_%H-%M-%S")))
+    used: set[str] = set()
+    for i, name in enumerate(image_paths):
+        stem = Path(name).stem
+        file = f"{stem}.png" if stem not in used else f"{stem}_{i}.png"
+        used.add(stem)
+        c = int(predicted[i])
+        label = class_names[c] if class_names else f"class {c}"
+        title = f"{Path(name).name}: {label} ({probs[i, c]:.2f})"
+        save_side_by_side(out_dir / file, images[i], {k: v[i].cpu() for k, v in maps.items()}, title)
+    return out_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    try:
+        out_dir = explain(load_config(argv))
+    except UserError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 2
+    print(out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
