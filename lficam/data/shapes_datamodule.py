@@ -1,0 +1,122 @@
+"""The synthetic shapes data set as a Dataset and a LightningDataModule (the default data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from lficam.data.base import ClassificationDataModule
+from lficam.data.shapes import SHAPES, ShapesConfig, hash_seed, render
+from lficam.errors import UserError
+
+_CHUNK = 512  # images rendered at once: bounds memory at large image sizes
+
+
+class ShapesDataset(Dataset):
+    """One split of the synthetic shapes, held in memory as uint8 and normalised per item.
+
+    With ``augment``, an image and its mask are flipped horizontally when hash(seed, epoch, index) is odd:
+    augmentation is a function of the epoch and the image, not of a global random state, so a resumed
+    run sees the same images as an unbroken one.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, masks: Tensor, *, mean: tuple[float, ...],
+                 std: tuple[float, ...], augment: bool = False, seed: int = 0) -> None:
+        self.images, self.labels, self.masks = images, labels, masks
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        image = (self.images[index].float() / 255 - self.mean) / self.std
+        mask = self.masks[index]
+        if self.augment and hash_seed(self.seed, 1000 + self.epoch, index) & 1:
+            image, mask = image.flip(-1), mask.flip(-1)
+        return {"image": image, "label": self.labels[index], "mask": mask, "index": torch.tensor(index)}
+
+
+class ShapesDataModule(ClassificationDataModule):
+    """Synthetic shapes (design.md §4): deterministic per (seed, split, index), with object masks.
+
+    The rendered splits are cached in ``cache_dir`` (when given) as tensor-only files keyed by every
+    parameter, so a second run starts at once.
+    """
+
+    has_masks = True
+
+    def __init__(
+        self,
+        *,
+        image_size: int = 32,
+        num_classes: int = 10,
+        train_size: int = 8000,
+        val_size: int = 1000,
+        test_size: int = 1000,
+        object_scale: tuple[float, float] = (0.2, 0.32),
+        clutter: int = 4,
+        noise: float = 0.5,
+        seed: int = 0,
+        augment: bool = True,
+        cache_dir: str | None = None,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.25, 0.25, 0.25),
+        **loader_options: object,
+    ) -> None:
+        super().__init__(**loader_options)
+        if not 2 <= num_classes <= len(SHAPES):
+            raise UserError(f"Shapes has 2 to {len(SHAPES)} classes, got num_classes={num_classes}.")
+        if not 16 <= image_size <= 512:
+            raise UserError(f"Shapes image_size must be between 16 and 512 pixels, got {image_size}.")
+        self.config = ShapesConfig(image_size, num_classes, tuple(object_scale), clutter, noise, seed)
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.num_classes = num_classes
+        self.class_names = list(SHAPES[:num_classes])
+        self.augment = augment
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def _cache_path(self, split: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        c = self.config
+        key = f"{split}-n{self.sizes[split]}-s{c.image_size}-k{c.num_classes}-o{c.object_scale[0]}_{c.object_scale[1]}"
+        key += f"-c{c.clutter}-z{c.noise}-seed{c.seed}-v1"
+        return self.cache_dir / "shapes" / f"{key}.pt"
+
+    def render_split(self, split: str) -> tuple[Tensor, Tensor, Tensor]:
+        path = self._cache_path(split)
+        if path is not None and path.is_file():
+            cached = torch.load(path, weights_only=True)
+            return cached["images"], cached["labels"], cached["masks"]
+        parts = [render(idx, split, self.config) for idx in torch.arange(self.sizes[split]).split(_CHUNK)]
+        images, labels, masks = (torch.cat(p) for p in zip(*parts))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{torch.randint(1 << 30, ()).item()}")
+            torch.save({"images": images, "labels": labels, "masks": masks}, tmp)
+            tmp.replace(path)  # atomic: concurrent ranks or sweep jobs never read half a file
+        return images, labels, masks
+
+    def _dataset(self, split: str, augment: bool) -> ShapesDataset:
+        images, labels, masks = self.render_split(split)
+        return ShapesDataset(images, labels, masks, mean=self.mean, std=self.std, augment=augment,
+                             seed=self.config.seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._dataset("train", self.augment)
+        if stage in (None, "fit", "validate") and self.val_set is None:
+            self.val_set = self._dataset("val", False)
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = self._dataset("test", False)
