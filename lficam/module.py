@@ -28,6 +28,14 @@ def upsample_maps(attention: Tensor, size: tuple[int, int]) -> Tensor:
     return up.squeeze(1)
 
 
+def _plain(config: Any) -> dict[str, Any]:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(config, DictConfig):
+        return OmegaConf.to_container(config, resolve=True)
+    return dict(config)
+
+
 class LitClassifier(pl.LightningModule):
     """Trains any :class:`~lficam.models.heads.Classifier`.
 
@@ -49,6 +57,8 @@ class LitClassifier(pl.LightningModule):
         model_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if model_config is not None:  # Hydra hands a DictConfig, which weights_only loading refuses
+            model_config = _plain(model_config)
         # Only plain values go into checkpoints (no pickled callables), so they load with weights_only=True;
         # model_config is what lficam.create_model needs to rebuild the network.
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
@@ -67,6 +77,7 @@ class LitClassifier(pl.LightningModule):
         self.val_pointing = PointingGame(num_classes)
         self.test_pointing = PointingGame(num_classes)
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps its best accuracy
         self._last_finite_step = -1
 
     def forward(self, x: Tensor) -> ModelOutput:
@@ -81,7 +92,6 @@ class LitClassifier(pl.LightningModule):
         self.val_loss.reset()
         self.val_metrics.reset()
         self.val_pointing.reset()
-        self.val_acc_best.reset()
 
     def on_train_epoch_start(self) -> None:
         loader = self.trainer.train_dataloader
