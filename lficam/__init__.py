@@ -4,4 +4,11 @@ from lficam.loading import load
 from lficam.models import ModelOutput, available_attentions, available_backbones, create_model
 
 __version__ = "0.1.0"
-__all__ = ["ModelOutput", "__version__", "available_attentions", "available_backbones", "create_model", "load"]
+__all__ = [
+    "ModelOutput",
+    "__version__",
+    "available_attentions",
+    "available_backbones",
+    "create_model",
+    "load",
+]

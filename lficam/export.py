@@ -12,6 +12,8 @@ with, and the largest absolute difference to the PyTorch model is printed (and m
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 import warnings
@@ -95,11 +97,16 @@ def _default_image_size(model: nn.Module) -> int:
     return 32 if getattr(model.backbone, "family", "") == "cifar" else 224
 
 
-def _write_onnx(wrapper: InferenceModel, example: Tensor, path: Path, metadata: dict[str, Any], opset: int) -> None:
+def _write_onnx(
+    wrapper: InferenceModel, example: Tensor, path: Path, metadata: dict[str, Any], opset: int
+) -> None:
     import onnx
 
     batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings():
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):  # the exporter's progress lines
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper,
@@ -125,7 +132,9 @@ def _run_onnx(path: Path, images: Tensor) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(logits), torch.from_numpy(attention)
 
 
-def _write_torchscript(wrapper: InferenceModel, example: Tensor, path: Path, metadata: dict[str, Any]) -> None:
+def _write_torchscript(
+    wrapper: InferenceModel, example: Tensor, path: Path, metadata: dict[str, Any]
+) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the shape checks of check_images are Python: traced as constants
         traced = torch.jit.trace(wrapper, example, check_trace=False)
@@ -222,14 +231,18 @@ def parse_options(argv: list[str]) -> dict[str, Any]:
     for argument in argv:
         key, sep, value = argument.partition("=")
         if not sep:
-            raise UserError(f"Expected key=value arguments, got {argument!r}; e.g. ckpt_path=run/last.ckpt format=onnx.")
+            raise UserError(
+                f"Expected key=value arguments, got {argument!r}; e.g. ckpt_path=run/last.ckpt format=onnx."
+            )
         if key not in OPTIONS:
             raise UserError(f"Unknown export option {key!r}: choose among {', '.join(OPTIONS)}.")
         options[key] = yaml.safe_load(value) if value else None
         if key in ("ckpt_path", "output", "format") and options[key] is not None:
             options[key] = str(options[key])  # a path like 2024 or true stays a path
     if not options["ckpt_path"]:
-        raise UserError("No checkpoint given: pass ckpt_path=<run>/checkpoints/last.ckpt (or a .safetensors file).")
+        raise UserError(
+            "No checkpoint given: pass ckpt_path=<run>/checkpoints/last.ckpt (or a .safetensors file)."
+        )
     return options
 
 

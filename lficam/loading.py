@@ -40,8 +40,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Checkpoint {str(path)!r} does not exist; pass the path of a .ckpt file from a run's "
-                        "checkpoints/ folder (e.g. ckpt_path=<run>/checkpoints/last.ckpt).")
+        raise UserError(
+            f"Checkpoint {str(path)!r} does not exist; pass the path of a .ckpt file from a run's "
+            "checkpoints/ folder (e.g. ckpt_path=<run>/checkpoints/last.ckpt)."
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as error:
@@ -51,8 +53,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"({reason[:160]}); use a .ckpt written by lficam's train.py or a .safetensors export."
         ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise UserError(f"Refusing {str(path)!r}: it holds no 'state_dict', so it is not a Lightning checkpoint "
-                        "of this project.")
+        raise UserError(
+            f"Refusing {str(path)!r}: it holds no 'state_dict', so it is not a Lightning checkpoint "
+            "of this project."
+        )
     model_config_of_checkpoint(checkpoint, path)  # fail now, not later, when it cannot be rebuilt
     return checkpoint
 
@@ -106,9 +110,13 @@ def _rebuild(config: dict[str, Any], state: dict[str, Tensor], path: str | Path)
     try:
         model = create_model(**options)
     except TypeError as error:
-        raise UserError(f"Refusing {str(path)!r}: its model_config {config} does not describe a model ({error}).")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    mismatched = [k for k, v in model.state_dict().items() if k in state and state[k].shape != v.shape]
+        raise UserError(
+            f"Refusing {str(path)!r}: its model_config {config} does not describe a model ({error})."
+        ) from None
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or mismatched:
         raise UserError(
             f"Refusing {str(path)!r}: its weights do not fit {config.get('backbone')!r} with attention "
@@ -116,6 +124,7 @@ def _rebuild(config: dict[str, Any], state: dict[str, Tensor], path: str | Path)
             f"{len(mismatched)} of another shape, e.g. {(missing + unexpected + mismatched)[:2]}); "
             "the file was written for another architecture or was altered."
         )
+    model.load_state_dict(state, strict=True)
     return model
 
 
@@ -164,8 +173,10 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Class
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Model file {str(path)!r} does not exist; pass a .ckpt from a run's checkpoints/ folder "
-                        "or a .safetensors export.")
+        raise UserError(
+            f"Model file {str(path)!r} does not exist; pass a .ckpt from a run's checkpoints/ folder "
+            "or a .safetensors export."
+        )
     if _is_safetensors(path):
         state, metadata = read_safetensors(path)
         config = metadata["model_config"]

@@ -41,7 +41,9 @@ TINY_RUN = [
 def _start(run_dir: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     command = [sys.executable, str(ROOT / "train.py"), *TINY_RUN, f"hydra.run.dir={run_dir}", *extra]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _finish(process: subprocess.Popen) -> None:
@@ -99,7 +101,9 @@ def test_killed_and_resumed_run_equals_unbroken_run(tmp_path: Path) -> None:
     momentum_a = final_a["optimizer_states"][0]["state"]
     momentum_c = final_c["optimizer_states"][0]["state"]
     for index, state in momentum_a.items():
-        torch.testing.assert_close(momentum_c[index]["momentum_buffer"], state["momentum_buffer"], rtol=0, atol=0)
+        torch.testing.assert_close(
+            momentum_c[index]["momentum_buffer"], state["momentum_buffer"], rtol=0, atol=0
+        )
     assert final_c["lr_schedulers"] == final_a["lr_schedulers"]
 
     metrics_a = json.loads((unbroken / "summary.json").read_text())["metrics"]

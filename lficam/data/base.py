@@ -51,8 +51,15 @@ class ClassificationDataModule(pl.LightningDataModule):
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
 
-    def __init__(self, *, batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
-                 pin_memory: bool = False, shuffle_seed: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        shuffle_seed: int | None = None,
+    ) -> None:
         """shuffle_seed: the training order's seed; None draws it from the global random state here, which
         ``train.py`` seeds (``seed=``) before it builds the data, so a run and its resumption agree."""
         super().__init__()
