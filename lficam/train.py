@@ -78,8 +78,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     _warn_small_maps(cfg, module.net)
     if cfg.get("ckpt_path"):  # one sentence for a foreign, unsafe or other-architecture checkpoint
         checkpoint = read_checkpoint(cfg.ckpt_path)
-        check_compatible(model_config_of_checkpoint(checkpoint, cfg.ckpt_path), module.hparams.model_config,
-                         cfg.ckpt_path)
+        check_compatible(
+            model_config_of_checkpoint(checkpoint, cfg.ckpt_path), module.hparams.model_config, cfg.ckpt_path
+        )
         del checkpoint
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))

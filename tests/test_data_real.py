@@ -24,10 +24,14 @@ NAMES10 = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship"
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+    )
 
 
-def write_cifar10(root: Path, kind: str, per_batch: int = 4, test: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+def write_cifar10(
+    root: Path, kind: str, per_batch: int = 4, test: int = 6
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The five training batches and the test batch of CIFAR-10 in the authors' binary or Python format."""
     images, labels = _images(5 * per_batch + test, 1), torch.arange(5 * per_batch + test) % 10
     folder = root / ("cifar-10-batches-bin" if kind == "binary" else "cifar-10-batches-py")
@@ -40,8 +44,12 @@ def write_cifar10(root: Path, kind: str, per_batch: int = 4, test: int = 6) -> t
             records = np.concatenate([label[:, None].astype(np.uint8), pixels], axis=1)
             (folder / f"{name}.bin").write_bytes(records.tobytes())
         else:
-            batch = {b"batch_label": name.encode(), b"labels": label.tolist(), b"data": pixels,
-                     b"filenames": [f"{i}.png".encode() for i in range(len(label))]}
+            batch = {
+                b"batch_label": name.encode(),
+                b"labels": label.tolist(),
+                b"data": pixels,
+                b"filenames": [f"{i}.png".encode() for i in range(len(label))],
+            }
             (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     if kind == "binary":
         (folder / "batches.meta.txt").write_text("\n".join(NAMES10) + "\n\n")
@@ -62,7 +70,11 @@ def write_cifar100(root: Path, kind: str) -> tuple[torch.Tensor, torch.Tensor, t
             head = torch.stack([coarse[part], fine[part]], 1).numpy().astype(np.uint8)
             (folder / f"{name}.bin").write_bytes(np.concatenate([head, pixels], axis=1).tobytes())
         else:
-            batch = {b"data": pixels, b"fine_labels": fine[part].tolist(), b"coarse_labels": coarse[part].tolist()}
+            batch = {
+                b"data": pixels,
+                b"fine_labels": fine[part].tolist(),
+                b"coarse_labels": coarse[part].tolist(),
+            }
             (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     if kind == "binary":
         (folder / "fine_label_names.txt").write_text("\n".join(f"fine{i}" for i in range(100)))
@@ -160,9 +172,12 @@ def test_augmentation_is_a_padded_crop_and_flip_drawn_per_epoch_and_image(tmp_pa
         dataset.set_epoch(epoch)
         for item in range(len(dataset)):
             out = dataset[item]["image"]
-            torch.testing.assert_close(out, dataset[item]["image"], rtol=0, atol=0)  # a function of (epoch, index)
+            torch.testing.assert_close(
+                out, dataset[item]["image"], rtol=0, atol=0
+            )  # a function of (epoch, index)
             top, left, flip = draws[epoch, item] = dataset.crop_and_flip(item)
-            assert 0 <= top <= 8 and 0 <= left <= 8
+            assert 0 <= top <= 8
+            assert 0 <= left <= 8
             padded = torch.nn.functional.pad(images[item].float() / 255, (4, 4, 4, 4))  # zero (black) padding
             window = padded[:, top : top + 32, left : left + 32]
             torch.testing.assert_close(out, ((window.flip(-1) if flip else window) - MEAN) / STD)
@@ -193,3 +208,196 @@ def test_truncated_binary_batch_names_the_file(tmp_path: Path) -> None:
 def test_wrong_class_count_is_refused() -> None:
     with pytest.raises(UserError, match="CIFAR-100 with coarse labels has 20 classes, got num_classes=100"):
         CIFAR100DataModule("x", labels="coarse", num_classes=100)
+
+
+def write_image_folder(root: Path, splits: tuple[str, ...] = ("train", "val")) -> None:
+    """Two classes: 'cat' images are solid red PNGs, 'dog' images JPEGs with a left/right split."""
+    for split in splits:
+        for i in range(3):
+            (root / split / "cat").mkdir(parents=True, exist_ok=True)
+            (root / split / "dog").mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (40, 30), (255, 0, 0)).save(root / split / "cat" / f"{i}.png")
+            dog = np.zeros((30, 40, 3), dtype=np.uint8)
+            dog[:, 20:] = 200
+            Image.fromarray(dog).save(root / split / "dog" / f"{i}.jpg", quality=95)
+
+
+def test_image_folder_labels_shapes_and_normalisation(tmp_path: Path) -> None:
+    write_image_folder(tmp_path)
+    data = ImageFolderDataModule(tmp_path, num_classes=2, image_size=16, batch_size=2)
+    data.setup("fit")
+    assert data.class_names == ["cat", "dog"]
+    assert len(data.train_set) == len(data.val_set) == len(data.test_set) == 6  # no test/: test = val
+    assert data.test_set.samples == data.val_set.samples
+    item = data.val_set[0]
+    assert int(item["label"]) == 0
+    assert item["image"].shape == (3, 16, 16)
+    mean, std = torch.tensor(data.mean).view(3, 1, 1), torch.tensor(data.std).view(3, 1, 1)
+    red = (torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1) - mean) / std
+    torch.testing.assert_close(item["image"], red.expand(3, 16, 16), atol=1e-6, rtol=0)
+    dog = data.val_set[3]
+    assert int(dog["label"]) == 1
+    # Resize(18) of 40×30 → 24×18, centre crop 16: the left half dark, the right half bright
+    pixels = dog["image"] * std + mean
+    assert float(pixels[:, :, :6].max()) < 0.05
+    assert float(pixels[:, :, -6:].min()) > 0.7
+    batch = next(iter(data.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 16, 16)
+
+
+def test_image_folder_training_crops_are_seeded_per_epoch_and_image(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, ("train", "val", "test"))
+    data = ImageFolderDataModule(tmp_path, num_classes=2, image_size=16, seed=5)
+    data.setup("fit")
+    assert data.test_set.samples[0][0] == tmp_path / "test" / "cat" / "0.png"
+    dataset = data.train_set
+    first = dataset[4]["image"]
+    torch.manual_seed(123)  # the global random state does not matter
+    torch.testing.assert_close(dataset[4]["image"], first, rtol=0, atol=0)
+    changed = []
+    for epoch in range(1, 4):
+        dataset.set_epoch(epoch)
+        changed.append(not torch.equal(dataset[4]["image"], first))
+    assert any(changed)
+
+
+def test_corrupt_image_names_its_path(tmp_path: Path) -> None:
+    write_image_folder(tmp_path)
+    broken = tmp_path / "train" / "dog" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    data = ImageFolderDataModule(tmp_path, num_classes=2, image_size=16)
+    data.setup("fit")
+    index = [p for p, _ in data.train_set.samples].index(broken)
+    with pytest.raises(
+        UserError, match=rf"^Cannot read image '{broken}' \(UnidentifiedImageError.*remove or replace"
+    ):
+        data.train_set[index]
+
+
+def test_image_folder_bad_layouts(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"train' does not exist; expected .*/train/<class>/\*\.jpg"):
+        ImageFolderDataModule(tmp_path / "none", num_classes=2).setup("fit")
+    write_image_folder(tmp_path)
+    with pytest.raises(UserError, match=r"has 2 class folders but data\.num_classes=5; set data\.num_classes=2"):
+        ImageFolderDataModule(tmp_path, num_classes=5).setup("fit")
+    (tmp_path / "val" / "bird").mkdir()
+    with pytest.raises(UserError, match=r"class folders \['bird'\] that the training folder lacks"):
+        ImageFolderDataModule(tmp_path, num_classes=2).setup("fit")
+
+
+# --- experiment files ---------------------------------------------------------------------------------
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def _available(name: str) -> bool:
+    """False for an experiment whose groups are built on another branch (e.g. attention=abn before merge)."""
+    defaults = OmegaConf.load(ROOT / "conf" / "experiment" / f"{name}.yaml").get("defaults", [])
+    for entry in defaults:
+        for key, option in dict(entry).items():
+            group = key.split()[-1].lstrip("/")
+            if not (ROOT / "conf" / group / f"{option}.yaml").is_file():
+                return False
+    return True
+
+
+def _compose(overrides: list[str], tmp_path: Path):
+    paths = [
+        f"paths.root_dir={tmp_path}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        f"paths.log_dir={tmp_path}",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*overrides, *paths])
+    return cfg
+
+
+RECIPES = {  # method.md §1.4: (backbone, attention, data target, batch size)
+    "cifar10_resnet110_lficam": ("cifar_resnet110", "lficam", "CIFAR10DataModule", 128),
+    "cifar100_resnet110_lficam": ("cifar_resnet110", "lficam", "CIFAR100DataModule", 128),
+    "cifar10_resnet110_abn": ("cifar_resnet110", "abn", "CIFAR10DataModule", 128),
+    "imagenet_resnet50_lficam": ("resnet50", "lficam", "ImageFolderDataModule", 256),
+    "stl10_resnet18_lficam": ("resnet18", "lficam", "ImageFolderDataModule", 64),
+}
+
+
+def test_every_experiment_is_listed() -> None:
+    assert set(RECIPES) | {"shapes_quick"} == set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_with_the_papers_recipe(name: str, tmp_path: Path) -> None:
+    if not _available(name):
+        pytest.skip(f"{name} needs a config group option that this branch does not have yet")
+    cfg = _compose([f"experiment={name}"], tmp_path)
+    assert cfg.task_name == name
+    OmegaConf.to_container(cfg.data, resolve=True)  # every interpolation resolves
+    if name == "shapes_quick":
+        assert cfg.trainer.max_epochs == 5
+        return
+    backbone, attention, target, batch = RECIPES[name]
+    assert cfg.model.backbone == backbone
+    assert cfg.attention.name == attention
+    assert cfg.data._target_.endswith(target)
+    assert cfg.data.batch_size == batch
+    assert str(cfg.data.root).startswith(str(tmp_path))  # under paths.data_dir, overridable by data.root=
+    assert (cfg.optimizer._target_, cfg.optimizer.lr, cfg.optimizer.momentum) == ("torch.optim.SGD", 0.1, 0.9)
+    assert cfg.optimizer.weight_decay == pytest.approx(1e-4)
+    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.MultiStepLR"
+    assert (list(cfg.scheduler.milestones), cfg.scheduler.gamma, cfg.trainer.max_epochs) == (
+        [150, 225],
+        0.1,
+        300,
+    )
+
+
+def _one_step(name: str, tmp_path: Path, overrides: list[str]) -> dict[str, float]:
+    from lficam.train import train
+
+    cfg = _compose(
+        [
+            f"experiment={name}",
+            "++trainer.fast_dev_run=true",
+            "callbacks=none",
+            "logger=none",
+            "trainer.accelerator=cpu",
+            "data.batch_size=4",
+            "data.eval_batch_size=4",
+            "data.num_workers=0",
+            *overrides,
+        ],
+        tmp_path,
+    )
+    with open_dict(cfg):
+        cfg.trainer.enable_progress_bar = False
+        cfg.trainer.enable_model_summary = False
+    return train(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "fake"),
+    [
+        ("cifar10_resnet110_lficam", "cifar10"),
+        ("cifar100_resnet110_lficam", "cifar100"),
+        ("stl10_resnet18_lficam", "folder"),
+        ("shapes_quick", None),
+    ],
+)
+def test_experiment_runs_one_step_on_fake_data(name: str, fake: str | None, tmp_path: Path) -> None:
+    data_root = tmp_path / "fake"
+    overrides = [f"data.root={data_root}"] if fake else []
+    if fake == "cifar10":
+        write_cifar10(data_root, "binary")
+        overrides.append("data.val_size=4")
+    elif fake == "cifar100":
+        write_cifar100(data_root, "python")
+        overrides.append("data.val_size=4")
+    elif fake == "folder":
+        write_image_folder(data_root)
+        overrides += ["data.num_classes=2", "data.image_size=32", "data.resize_size=36"]
+    else:
+        overrides += ["data.train_size=8", "data.val_size=4", "data.test_size=4", "data.cache_dir=null"]
+    metrics = _one_step(name, tmp_path, overrides)
+    assert math.isfinite(metrics["train/loss"])
+    assert 0.0 <= metrics["test/acc"] <= 1.0

@@ -6,10 +6,10 @@ import fnmatch
 import json
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,8 +80,15 @@ def test_every_copy_source_exists_and_is_not_ignored() -> None:
 
 def test_dockerignore_keeps_environments_data_and_runs_out() -> None:
     patterns = _dockerignore()
-    for path in (".venv/bin/python", "outputs/train/runs/x/last.ckpt", "data/cifar-10-batches-bin/data_batch_1.bin",
-                 ".git/HEAD", "lficam/__pycache__/x.pyc", "multirun/0/a.log", "wandb/run/x"):
+    for path in (
+        ".venv/bin/python",
+        "outputs/train/runs/x/last.ckpt",
+        "data/cifar-10-batches-bin/data_batch_1.bin",
+        ".git/HEAD",
+        "lficam/__pycache__/x.pyc",
+        "multirun/0/a.log",
+        "wandb/run/x",
+    ):
         assert _ignored(path, patterns), path
     for path in ("lficam/data/cifar.py", "lficam/loading.py", "conf/data/cifar10.yaml", "train.py"):
         assert not _ignored(path, patterns), path
@@ -92,7 +99,8 @@ def test_torch_pins_equal_the_makefile() -> None:
     pins = re.search(r"^TORCH_PINS \?= (.+)$", makefile, re.MULTILINE).group(1).strip()
     assert _args()["TORCH_PINS"] == pins == "torch==2.14.1 torchvision==0.29.1"
     installs = [rest for name, rest in _instructions() if name == "RUN" and "pip install" in rest]
-    assert installs and all("${TORCH_PINS}" in rest for rest in installs)  # torch is never left unpinned
+    assert installs
+    assert all("${TORCH_PINS}" in rest for rest in installs)  # torch is never left unpinned
 
 
 def test_installed_extras_exist_in_pyproject() -> None:
