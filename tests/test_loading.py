@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from functools import partial
 from pathlib import Path
 
@@ -143,11 +144,12 @@ def test_checkpoint_without_model_config_is_refused(trained, tmp_path: Path) -> 
 def test_weights_of_another_backbone_are_refused(trained, tmp_path: Path) -> None:
     path, _ = trained
     checkpoint = torch.load(path, weights_only=True)
-    checkpoint["hyper_parameters"]["model_config"]["backbone"] = "cifar_resnet32"  # 20-layer weights
+    # 20-layer weights; ResNet-32 has 2 more blocks in each of 3 stages, 12 entries each (2 convs, 2 BNs × 5)
+    checkpoint["hyper_parameters"]["model_config"]["backbone"] = "cifar_resnet32"
     torch.save(checkpoint, tmp_path / "relabelled.ckpt")
     with pytest.raises(
         UserError,
-        match=r"weights do not fit 'cifar_resnet32' with attention 'lficam' \(60 missing, 0 unexpected",
+        match=r"weights do not fit 'cifar_resnet32' with attention 'lficam' \(72 missing, 0 unexpected",
     ):
         lficam.load(tmp_path / "relabelled.ckpt")
 
@@ -184,3 +186,80 @@ def test_tampered_safetensors_metadata_is_refused(trained, tmp_path: Path) -> No
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"nothing\.ckpt' does not exist"):
         lficam.load(tmp_path / "nothing.ckpt")
+
+
+def _train_config(tmp_path: Path, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    root = Path(__file__).resolve().parents[1]
+    paths = [
+        f"paths.root_dir={tmp_path}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        f"paths.log_dir={tmp_path}",
+    ]
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=[*overrides, *paths])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model=cifar_resnet32", "data.num_classes=4"],
+            "trained with backbone='cifar_resnet20' but this run configures backbone='cifar_resnet32'",
+        ),
+        (
+            ["attention=none", "data.num_classes=4"],
+            "trained with attention='lficam' but this run configures attention='none'",
+        ),
+        ([], "trained with num_classes=4 but this run configures num_classes=10"),
+    ],
+)
+def test_train_refuses_to_resume_another_architecture(trained, tmp_path: Path, overrides, message) -> None:
+    from lficam.train import train
+
+    path, _ = trained
+    cfg = _train_config(
+        tmp_path,
+        [
+            *overrides,
+            f"ckpt_path={path}",
+            "data.cache_dir=null",
+            "data.train_size=8",
+            "data.val_size=4",
+            "data.test_size=4",
+            "logger=none",
+            "callbacks=none",
+        ],
+    )
+    with pytest.raises(UserError, match=re.escape(message)):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything was trained or written
+
+
+def test_train_refuses_a_malicious_checkpoint(tmp_path: Path) -> None:
+    from lficam.train import train
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "loops": Payload()}, evil)
+    cfg = _train_config(
+        tmp_path,
+        [
+            f"ckpt_path={evil}",
+            "data.cache_dir=null",
+            "data.train_size=8",
+            "data.val_size=4",
+            "data.test_size=4",
+            "logger=none",
+            "callbacks=none",
+        ],
+    )
+    with pytest.raises(UserError, match="loads safely without running code"):
+        train(cfg)
+    assert not marker.exists()
