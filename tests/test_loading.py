@@ -17,7 +17,7 @@ import lficam
 from lficam.data import ShapesDataModule
 from lficam.errors import UserError
 from lficam.export import export
-from lficam.loading import check_compatible, model_config_of_checkpoint, read_checkpoint
+from lficam.loading import check_compatible, model_config_of_checkpoint, network_state_dict, read_checkpoint
 from lficam.module import LitClassifier
 
 CONFIG = {"backbone": "cifar_resnet20", "num_classes": 4, "attention": "lficam", "block": "auto"}
@@ -263,3 +263,9 @@ def test_train_refuses_a_malicious_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="loads safely without running code"):
         train(cfg)
     assert not marker.exists()
+
+
+def test_network_weights_are_taken_from_plain_and_compiled_modules() -> None:
+    a, b = torch.ones(2), torch.zeros(3)
+    module_state = {"net.fc.weight": a, "net._orig_mod.fin.w": b, "val_acc_best.max_value": torch.tensor(0.5)}
+    assert network_state_dict(module_state) == {"fc.weight": a, "fin.w": b}
