@@ -7,6 +7,7 @@ within its split, so maps of different runs pair by id) and, where the data set 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -37,7 +38,7 @@ class EpochShuffleSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.size
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
