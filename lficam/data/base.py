@@ -3,6 +3,11 @@
 Batches are dictionaries: ``image`` (B×3×H×W, normalised float), ``label`` (B), ``index`` (B, the image's id
 within its split, so maps of different runs pair by id) and, where the data set has them, ``mask``
 (B×H×W bool, the object).
+
+Exact resume: the training order is a function of (shuffle_seed, epoch) (:class:`EpochShuffleSampler`) and
+every augmentation a function of (seed, epoch, index), never of the global random state that checkpoints do
+not hold, so a run resumed from ``last.ckpt`` sees the batches an unbroken run sees. ``state_dict`` puts the
+input description (size, mean, std, class names) into every checkpoint for :func:`lficam.load` and exports.
 """
 
 from __future__ import annotations
