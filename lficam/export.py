@@ -100,18 +100,15 @@ def _default_image_size(model: nn.Module) -> int:
 def _write_onnx(
     wrapper: InferenceModel, example: Tensor, path: Path, metadata: dict[str, Any], opset: int
 ) -> None:
-    import onnx
-
     batch = torch.export.Dim("batch", min=1)
     with (
         warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),
     ):  # the exporter's progress lines
         warnings.simplefilter("ignore")
-        torch.onnx.export(
+        program = torch.onnx.export(
             wrapper,
             (example,),
-            str(path),
             input_names=["images"],
             output_names=["logits", "attention"],
             dynamic_shapes={"images": {0: batch}},
@@ -119,9 +116,9 @@ def _write_onnx(
             dynamo=True,
             verbose=False,
         )
-    proto = onnx.load(str(path))
-    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
-    onnx.save(proto, str(path))
+    program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
+    # one file; weights go to a side file only past protobuf's 2 GB limit
+    program.save(str(path), external_data=None)
 
 
 def _run_onnx(path: Path, images: Tensor) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(
             f"Refusing {str(path)!r}: it is not a checkpoint that loads safely without running code "
-            f"({reason[:160]}); use a .ckpt written by lficam's train.py or a .safetensors export."
+            f"({_reason(error)}); use a .ckpt written by lficam's train.py or a .safetensors export."
         ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(
@@ -59,6 +59,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     model_config_of_checkpoint(checkpoint, path)  # fail now, not later, when it cannot be rebuilt
     return checkpoint
+
+
+def _reason(error: BaseException) -> str:
+    """The part of torch's long weights_only message that says what was refused."""
+    text = " ".join(str(error).split())
+    match = re.search(r"WeightsUnpickler error: (.+?)(?: Please use| Check the documentation|$)", text)
+    if match:
+        return match.group(1).strip().rstrip(".")[:120]
+    if isinstance(error, EOFError) or not text:
+        return "the file is empty or cut short"
+    return f"{type(error).__name__}: {text[:120]}"
 
 
 def model_config_of_checkpoint(checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:

@@ -63,6 +63,7 @@ def test_onnx_matches_pytorch_at_another_batch_size(checkpoint: Path, tmp_path: 
     print(report)
     assert report.check_batch_size != report.batch_size
     assert report.max_abs_diff_attention < 1e-5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # one file, no external-data file
     # independently of export()'s own check: a third batch size through onnxruntime
     session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logits", "attention"]
