@@ -1,6 +1,14 @@
 """lficam: LFI-CAM (Lee et al., ICCV 2021) and its baselines, trained with Lightning and configured with Hydra."""
 
+from lficam.loading import load
 from lficam.models import ModelOutput, available_attentions, available_backbones, create_model
 
 __version__ = "0.1.0"
-__all__ = ["ModelOutput", "__version__", "available_attentions", "available_backbones", "create_model"]
+__all__ = [
+    "ModelOutput",
+    "__version__",
+    "available_attentions",
+    "available_backbones",
+    "create_model",
+    "load",
+]

@@ -80,6 +80,7 @@ class LitClassifier(pl.LightningModule):
         self.val_pointing = PointingGame(num_classes)
         self.test_pointing = PointingGame(num_classes)
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps its best accuracy
         self._last_finite_step = -1
 
     def forward(self, x: Tensor) -> ModelOutput:
@@ -94,7 +95,6 @@ class LitClassifier(pl.LightningModule):
         self.val_loss.reset()
         self.val_metrics.reset()
         self.val_pointing.reset()
-        self.val_acc_best.reset()
 
     def on_train_epoch_start(self) -> None:
         loader = self.trainer.train_dataloader

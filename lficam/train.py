@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lficam.errors import UserError
+from lficam.loading import check_compatible, model_config_of_checkpoint, read_checkpoint
 from lficam.models import count_parameters, create_model
 
 log = logging.getLogger("lficam")
@@ -77,6 +78,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     module = build_module(cfg)
     _warn_small_maps(cfg, module.net)
+    if cfg.get("ckpt_path"):  # one sentence for a foreign, unsafe or other-architecture checkpoint
+        checkpoint = read_checkpoint(cfg.ckpt_path)
+        check_compatible(
+            model_config_of_checkpoint(checkpoint, cfg.ckpt_path), module.hparams.model_config, cfg.ckpt_path
+        )
+        del checkpoint
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -91,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics.update(_floats(trainer.callback_metrics))
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback

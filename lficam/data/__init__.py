@@ -1,6 +1,17 @@
 """Data modules: the synthetic default and loaders for real data sets from local folders."""
 
-from lficam.data.base import ClassificationDataModule
+from lficam.data.base import ClassificationDataModule, EpochShuffleSampler
+from lficam.data.cifar import CIFAR10DataModule, CIFAR100DataModule, CIFARDataModule
+from lficam.data.image_folder import ImageFolderDataModule
 from lficam.data.shapes_datamodule import ShapesDataModule, ShapesDataset
 
-__all__ = ["ClassificationDataModule", "ShapesDataModule", "ShapesDataset"]
+__all__ = [
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "CIFARDataModule",
+    "ClassificationDataModule",
+    "EpochShuffleSampler",
+    "ImageFolderDataModule",
+    "ShapesDataModule",
+    "ShapesDataset",
+]

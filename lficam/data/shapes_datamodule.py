@@ -23,8 +23,17 @@ class ShapesDataset(Dataset):
     run sees the same images as an unbroken one.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, masks: Tensor, *, mean: tuple[float, ...],
-                 std: tuple[float, ...], augment: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        masks: Tensor,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augment: bool = False,
+        seed: int = 0,
+    ) -> None:
         self.images, self.labels, self.masks = images, labels, masks
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
@@ -110,8 +119,9 @@ class ShapesDataModule(ClassificationDataModule):
 
     def _dataset(self, split: str, augment: bool) -> ShapesDataset:
         images, labels, masks = self.render_split(split)
-        return ShapesDataset(images, labels, masks, mean=self.mean, std=self.std, augment=augment,
-                             seed=self.config.seed)
+        return ShapesDataset(
+            images, labels, masks, mean=self.mean, std=self.std, augment=augment, seed=self.config.seed
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:

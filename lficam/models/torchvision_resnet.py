@@ -43,7 +43,8 @@ def _build(name: str, *, stem_stride: int = 2, weights: str | Path | None = None
 
 def _register(name: str) -> None:
     @register_backbone(name)
-    def builder(stem_stride: int = 2, weights: str | Path | None = None) -> Backbone:
+    def builder(*, stem_stride: int = 2, weights: str | Path | None = None) -> Backbone:
+        # named keywords, not **options: create_model routes options by these names
         return _build(name, stem_stride=stem_stride, weights=weights)
 
     builder.__doc__ = f"torchvision {name} trunk; options: stem_stride (2), weights (None)."

@@ -1,0 +1,311 @@
+"""CIFAR-10 and CIFAR-100 from a local folder, in either of the formats the authors distribute.
+
+https://www.cs.toronto.edu/~kriz/cifar.html offers a binary version (``cifar-10-batches-bin/data_batch_1.bin``
+… ``test_batch.bin``: records of 1 label byte + 3072 pixel bytes; ``cifar-100-binary/train.bin``, ``test.bin``:
+coarse label byte, fine label byte, 3072 pixel bytes; pixels are the 1024 red, then green, then blue values of
+a 32×32 image in row-major order) and a Python version (``data_batch_1`` … pickles of dicts with ``data``
+N×3072 uint8 and ``labels`` / ``fine_labels`` / ``coarse_labels``). The pickles are read by an unpickler
+that accepts only the four globals a numpy array needs and refuses any other, so no code in a file runs.
+
+Nothing is downloaded. The validation split is carved from the training batches (``val_size`` images chosen
+by ``split_seed``); the test batch is the test split. Training images get the paper's augmentation
+(method.md §1.4): a 32×32 crop of the image zero-padded by 4 px, and a horizontal flip with probability ½,
+both drawn from hash(seed, epoch, index) so that a resumed run sees the same images as an unbroken one.
+"""
+
+from __future__ import annotations
+
+import codecs
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from lficam.data.base import ClassificationDataModule
+from lficam.data.shapes import hash_seed
+from lficam.errors import UserError
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+_PIXELS = 3 * 32 * 32
+_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+# What rebuilding a numpy array from a pickle needs, and nothing that can run code of the file's choosing.
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array rebuilder, under either module name below
+_SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes at pickle protocol 2
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        found = _SAFE_GLOBALS.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        return found
+
+
+def read_python_batch(path: Path) -> dict[str, Any]:
+    """One pickle of the Python version as a dict with str keys, refusing anything but plain data and arrays."""
+    try:
+        with path.open("rb") as f:
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise UserError(
+            f"Refusing {str(path)!r}: it is not a CIFAR Python batch of plain arrays ({error}); "
+            f"download the Python version again from {_URL}."
+        ) from None
+    if not isinstance(batch, dict):
+        raise UserError(
+            f"Refusing {str(path)!r}: a CIFAR Python batch is a dict, this file holds a {type(batch).__name__}."
+        )
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def read_binary_batch(path: Path, label_bytes: int) -> tuple[Tensor, Tensor]:
+    """Images (N×3×32×32 uint8) and labels (N×label_bytes int64) of one file of the binary version."""
+    record = label_bytes + _PIXELS
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % record:
+        raise UserError(
+            f"{str(path)!r} is not a CIFAR binary batch: its {raw.size} bytes are not a whole number of "
+            f"{record}-byte records; download the binary version again from {_URL}."
+        )
+    rows = torch.from_numpy(raw.reshape(-1, record))
+    return rows[:, label_bytes:].reshape(-1, 3, 32, 32).clone(), rows[:, :label_bytes].long()
+
+
+class ArrayImageDataset(Dataset):
+    """Images held as N×3×32×32 uint8, normalised per item, with the CIFAR augmentation when ``augment``."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        indices: Tensor,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augment: bool = False,
+        seed: int = 0,
+        padding: int = 4,
+    ) -> None:
+        self.images, self.labels, self.indices = images, labels, indices
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.augment, self.seed, self.padding = augment, seed, padding
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def crop_and_flip(self, index: int) -> tuple[int, int, bool]:
+        """(top, left, flip) of image ``index`` in this epoch: offsets into the padded image, 0…2·padding."""
+        h = hash_seed(self.seed, 2000 + self.epoch, index)
+        side = 2 * self.padding + 1
+        return (h // side) % side, h % side, bool((h // (side * side)) & 1)
+
+    def __getitem__(self, item: int) -> dict[str, Tensor]:
+        index = int(self.indices[item])
+        image = self.images[index].float() / 255
+        if self.augment:
+            top, left, flip = self.crop_and_flip(index)
+            size = image.shape[-1]
+            image = F.pad(image, (self.padding,) * 4)[:, top : top + size, left : left + size]
+            if flip:
+                image = image.flip(-1)
+        image = (image - self.mean) / self.std
+        return {"image": image, "label": self.labels[index], "index": torch.tensor(index)}
+
+
+class CIFARDataModule(ClassificationDataModule):
+    """CIFAR-10 or CIFAR-100 (fine or coarse labels) from ``root``, binary or Python version.
+
+    root: the folder that holds ``cifar-10-batches-bin/`` or ``cifar-10-batches-py/`` (``cifar-100-binary/``,
+        ``cifar-100-python/``), or one of these folders itself.
+    val_size: images moved from the training batches into the validation split (chosen by ``split_seed``).
+    seed: the augmentation's seed; None uses the training order's seed (drawn from the seeded global state).
+    """
+
+    variant = "cifar10"
+    mean, std = CIFAR_MEAN, CIFAR_STD
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        num_classes: int | None = None,
+        labels: str = "fine",
+        val_size: int = 5000,
+        split_seed: int = 0,
+        augment: bool = True,
+        seed: int | None = None,
+        mean: tuple[float, float, float] = CIFAR_MEAN,
+        std: tuple[float, float, float] = CIFAR_STD,
+        **loader_options: Any,
+    ) -> None:
+        super().__init__(**loader_options)
+        if labels not in ("fine", "coarse") or (labels == "coarse" and self.variant == "cifar10"):
+            raise UserError(
+                f"labels={labels!r}: CIFAR-100 has 'fine' (100) or 'coarse' (20) labels, CIFAR-10 only 'fine'."
+            )
+        self.root = Path(root).expanduser()
+        self.labels = labels
+        expected = 10 if self.variant == "cifar10" else (100 if labels == "fine" else 20)
+        if num_classes is not None and num_classes != expected:
+            raise UserError(
+                f"{self.title} with {labels} labels has {expected} classes, got num_classes={num_classes}."
+            )
+        self.num_classes = expected
+        self.class_names = [f"class_{i}" for i in range(expected)]
+        if val_size < 0:
+            raise UserError(f"val_size must be 0 or more, got {val_size}.")
+        self.val_size, self.split_seed, self.augment = val_size, split_seed, augment
+        self.seed = self.shuffle_seed if seed is None else seed  # augmentation draws
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.image_size = 32
+
+    @property
+    def title(self) -> str:
+        return "CIFAR-10" if self.variant == "cifar10" else "CIFAR-100"
+
+    def _folders(self) -> dict[str, str]:
+        if self.variant == "cifar10":
+            return {"binary": "cifar-10-batches-bin", "python": "cifar-10-batches-py"}
+        return {"binary": "cifar-100-binary", "python": "cifar-100-python"}
+
+    def _files(self) -> dict[str, tuple[list[str], list[str]]]:
+        if self.variant == "cifar10":
+            train = [f"data_batch_{i}" for i in range(1, 6)]
+            return {
+                "binary": ([f + ".bin" for f in train], ["test_batch.bin"]),
+                "python": (train, ["test_batch"]),
+            }
+        return {"binary": (["train.bin"], ["test.bin"]), "python": (["train"], ["test"])}
+
+    def locate(self) -> tuple[str, Path]:
+        """("binary" | "python", folder) of the first complete copy found in or at ``root``."""
+        for kind, folder in self._folders().items():
+            train, _ = self._files()[kind]
+            for candidate in (self.root / folder, self.root):
+                if (candidate / train[0]).is_file():
+                    return kind, candidate
+        folders = " or ".join(f"{f}/" for f in self._folders().values())
+        raise UserError(
+            f"{self.title} not found: looked for {folders} in {str(self.root)!r} (and for its files directly "
+            f"there); download the binary or Python version from {_URL}, extract it into that folder, or "
+            "point data.root=<folder> at an existing copy."
+        )
+
+    def _read(self, kind: str, folder: Path, names: list[str]) -> tuple[Tensor, Tensor]:
+        images, labels = [], []
+        for name in names:
+            path = folder / name
+            if not path.is_file():
+                raise UserError(
+                    f"{self.title} in {str(folder)!r} is incomplete: {name} is missing; extract the "
+                    f"whole archive from {_URL} again."
+                )
+            if kind == "binary":
+                pixels, label_rows = read_binary_batch(path, 1 if self.variant == "cifar10" else 2)
+                label = (
+                    label_rows[:, 0]
+                    if self.variant == "cifar10" or self.labels == "coarse"
+                    else label_rows[:, 1]
+                )
+            else:
+                pixels, label = self._python_arrays(path)
+            images.append(pixels)
+            labels.append(label)
+        image, label = torch.cat(images), torch.cat(labels)
+        if label.numel() and (label.min() < 0 or label.max() >= self.num_classes):
+            raise UserError(
+                f"{self.title} labels in {str(folder)!r} range over {int(label.min())}…{int(label.max())}, "
+                f"outside 0…{self.num_classes - 1}: the files belong to another data set."
+            )
+        return image, label
+
+    def _python_arrays(self, path: Path) -> tuple[Tensor, Tensor]:
+        batch = read_python_batch(path)
+        key = "labels" if self.variant == "cifar10" else f"{self.labels}_labels"
+        data = batch.get("data")
+        if (
+            not isinstance(data, np.ndarray)
+            or data.dtype != np.uint8
+            or data.ndim != 2
+            or data.shape[1] != _PIXELS
+        ):
+            raise UserError(
+                f"{str(path)!r} holds no N×{_PIXELS} uint8 'data' array, so it is not a {self.title} batch."
+            )
+        if key not in batch or len(batch[key]) != len(data):
+            raise UserError(f"{str(path)!r} has no '{key}' list with one label per image.")
+        pixels = torch.from_numpy(np.ascontiguousarray(data)).reshape(-1, 3, 32, 32)
+        return pixels, torch.as_tensor(np.asarray(batch[key], dtype=np.int64))
+
+    def _class_names(self, kind: str, folder: Path) -> list[str]:
+        if kind == "binary":
+            name = "batches.meta.txt" if self.variant == "cifar10" else f"{self.labels}_label_names.txt"
+            path = folder / name
+            names = [n.strip() for n in path.read_text().splitlines() if n.strip()] if path.is_file() else []
+        else:
+            path = folder / ("batches.meta" if self.variant == "cifar10" else "meta")
+            key = "label_names" if self.variant == "cifar10" else f"{self.labels}_label_names"
+            raw = read_python_batch(path).get(key, []) if path.is_file() else []
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
+        if len(names) == self.num_classes:
+            return names
+        return (
+            list(CIFAR10_CLASSES)
+            if self.variant == "cifar10"
+            else [f"class_{i}" for i in range(self.num_classes)]
+        )
+
+    def split_indices(self, size: int) -> tuple[Tensor, Tensor]:
+        """(train, val) indices into the training batches: a seeded random ``val_size`` of them for val."""
+        if self.val_size >= size:
+            raise UserError(
+                f"val_size={self.val_size} leaves no training images: {self.title} has {size} in its "
+                "training batches; choose a smaller data.val_size."
+            )
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(self.split_seed))
+        return order[self.val_size :].sort().values, order[: self.val_size].sort().values
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None and self.test_set is not None:
+            return
+        kind, folder = self.locate()
+        self.class_names = self._class_names(kind, folder)
+        train_files, test_files = self._files()[kind]
+        images, labels = self._read(kind, folder, train_files)
+        train_idx, val_idx = self.split_indices(len(labels))
+        options = {"mean": self.mean, "std": self.std, "seed": self.seed}
+        self.train_set = ArrayImageDataset(images, labels, train_idx, augment=self.augment, **options)
+        self.val_set = ArrayImageDataset(images, labels, val_idx, **options)
+        test_images, test_labels = self._read(kind, folder, test_files)
+        self.test_set = ArrayImageDataset(test_images, test_labels, torch.arange(len(test_labels)), **options)
+
+
+class CIFAR10DataModule(CIFARDataModule):
+    """CIFAR-10: 10 classes, 50 000 training and 10 000 test images of 32×32 px."""
+
+    variant = "cifar10"
+
+
+class CIFAR100DataModule(CIFARDataModule):
+    """CIFAR-100: 100 fine (or 20 coarse, ``labels="coarse"``) classes, 50 000 + 10 000 images of 32×32 px."""
+
+    variant = "cifar100"

@@ -1,0 +1,258 @@
+"""Export a trained model for deployment and check the export against PyTorch.
+
+    python -m lficam.export ckpt_path=<run>/checkpoints/last.ckpt format=onnx [output=model.onnx]
+
+Formats: ``onnx`` (run by onnxruntime), ``torchscript`` (``torch.jit.load``) and ``safetensors`` (the weights
+plus, in the file's metadata under ``"lficam"``, a JSON of the ``create_model`` keyword arguments and the
+input size and normalisation; :func:`lficam.load` rebuilds the model from it). ONNX and TorchScript models take
+normalised B×3×H×W float images (B is free) and return the tuple ``(logits, attention)``: B×K scores and the
+B×h×w map in [0, 1]. After writing, the export is run on a batch of another size than the one it was traced
+with, and the largest absolute difference to the PyTorch model is printed (and must stay below ``tolerance``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lficam.errors import UnknownNameError, UserError
+from lficam.loading import METADATA_KEY, load
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
+OPTIONS: dict[str, Any] = {
+    "ckpt_path": None,  # a .ckpt of a run, or a .safetensors export
+    "format": "onnx",
+    "output": None,  # default: next to the checkpoint, with the format's suffix
+    "batch_size": 2,  # the batch size of the example the model is traced with
+    "check_batch_size": 3,  # another batch size, to show that the batch axis is dynamic
+    "image_size": None,  # default: the training data's size from the checkpoint, else 32 (CIFAR) / 224
+    "opset": 18,
+    "tolerance": 1e-4,  # the largest absolute difference to PyTorch accepted, relative to max(1, |logits|)
+}
+
+
+class InferenceModel(nn.Module):
+    """``(logits, attention)`` as a plain tuple: the form ONNX and TorchScript consumers expect."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        output = self.net(images)
+        return output.logits, output.attention
+
+
+@dataclass
+class ExportReport:
+    format: str
+    path: Path
+    batch_size: int
+    check_batch_size: int
+    max_abs_diff_logits: float
+    max_abs_diff_attention: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.format}: wrote {self.path}; traced with batch {self.batch_size}, checked with batch "
+            f"{self.check_batch_size}: max |Δ logits| = {self.max_abs_diff_logits:.3g}, "
+            f"max |Δ attention| = {self.max_abs_diff_attention:.3g} against PyTorch"
+        )
+
+
+def export_metadata(model: nn.Module, image_size: int) -> dict[str, Any]:
+    """The JSON stored with every export: how to rebuild the model and what input it expects."""
+    from lficam import __version__
+
+    known = getattr(model, "lficam_metadata", {})
+    inputs = dict(known.get("input") or {})
+    inputs.pop("num_classes", None)
+    inputs["image_size"] = image_size
+    inputs.setdefault("mean", None)
+    inputs.setdefault("std", None)
+    inputs["layout"] = "B×3×H×W float32, normalised: (pixel/255 − mean)/std"
+    return {
+        "format_version": 1,
+        "lficam_version": __version__,
+        "model_config": known["model_config"],
+        "input": inputs,
+        "class_names": known.get("class_names"),
+        "outputs": ["logits", "attention"],
+    }
+
+
+def _default_image_size(model: nn.Module) -> int:
+    size = (getattr(model, "lficam_metadata", {}).get("input") or {}).get("image_size")
+    if size:
+        return int(size)
+    return 32 if getattr(model.backbone, "family", "") == "cifar" else 224
+
+
+def _write_onnx(
+    wrapper: InferenceModel, example: Tensor, path: Path, metadata: dict[str, Any], opset: int
+) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):  # the exporter's progress lines
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            input_names=["images"],
+            output_names=["logits", "attention"],
+            dynamic_shapes={"images": {0: batch}},
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+    program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
+    # one file; weights go to a side file only past protobuf's 2 GB limit
+    program.save(str(path), external_data=None)
+
+
+def _run_onnx(path: Path, images: Tensor) -> tuple[Tensor, Tensor]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits, attention = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    return torch.from_numpy(logits), torch.from_numpy(attention)
+
+
+def _write_torchscript(
+    wrapper: InferenceModel, example: Tensor, path: Path, metadata: dict[str, Any]
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shape checks of check_images are Python: traced as constants
+        traced = torch.jit.trace(wrapper, example, check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
+
+
+def _run_torchscript(path: Path, images: Tensor) -> tuple[Tensor, Tensor]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu")
+    return module(images)
+
+
+def _write_safetensors(model: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={METADATA_KEY: json.dumps(metadata)})
+
+
+def _run_safetensors(path: Path, images: Tensor) -> tuple[Tensor, Tensor]:
+    output = load(path)(images)
+    return output.logits, output.attention
+
+
+def export(
+    ckpt_path: str | Path,
+    format: str = "onnx",
+    output: str | Path | None = None,
+    *,
+    batch_size: int = 2,
+    check_batch_size: int = 3,
+    image_size: int | None = None,
+    opset: int = 18,
+    tolerance: float = 1e-4,
+) -> ExportReport:
+    """Write the model of ``ckpt_path`` in ``format`` and check it against PyTorch on a batch of
+    ``check_batch_size`` random images (a size other than the traced ``batch_size``)."""
+    if format not in FORMATS:
+        raise UnknownNameError("export format", format, FORMATS)
+    if batch_size < 1 or check_batch_size < 1 or batch_size == check_batch_size:
+        raise UserError(
+            f"batch_size={batch_size} and check_batch_size={check_batch_size} must be positive and differ, "
+            "so that the check shows the batch axis is dynamic."
+        )
+    model = load(ckpt_path)
+    size = int(image_size) if image_size else _default_image_size(model)
+    metadata = export_metadata(model, size)
+    path = Path(output) if output else Path(ckpt_path).with_suffix(FORMATS[format])
+    if path.resolve() == Path(ckpt_path).resolve():
+        raise UserError(f"output={str(path)!r} would overwrite the checkpoint; choose another output path.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(batch_size, 3, size, size, generator=generator)
+    probe = torch.randn(check_batch_size, 3, size, size, generator=generator)
+    wrapper = InferenceModel(model).eval()
+    with torch.no_grad():
+        if format == "onnx":
+            _write_onnx(wrapper, example, path, metadata, opset)
+            logits, attention = _run_onnx(path, probe)
+        elif format == "torchscript":
+            _write_torchscript(wrapper, example, path, metadata)
+            logits, attention = _run_torchscript(path, probe)
+        else:
+            _write_safetensors(model, path, metadata)
+            logits, attention = _run_safetensors(path, probe)
+        reference_logits, reference_attention = wrapper(probe)
+
+    if logits.shape != reference_logits.shape or attention.shape != reference_attention.shape:
+        raise RuntimeError(
+            f"The {format} export returned shapes {tuple(logits.shape)}, {tuple(attention.shape)} for batch "
+            f"{check_batch_size}; PyTorch returns {tuple(reference_logits.shape)}, {tuple(reference_attention.shape)}."
+        )
+    report = ExportReport(
+        format,
+        path,
+        batch_size,
+        check_batch_size,
+        float((logits - reference_logits).abs().max()),
+        float((attention - reference_attention).abs().max()),
+    )
+    scale = max(1.0, float(reference_logits.abs().max()))
+    if report.max_abs_diff_logits > tolerance * scale or report.max_abs_diff_attention > tolerance:
+        raise RuntimeError(f"The export does not match PyTorch within tolerance={tolerance}: {report}")
+    return report
+
+
+def parse_options(argv: list[str]) -> dict[str, Any]:
+    """``key=value`` arguments (YAML values, as Hydra overrides) over :data:`OPTIONS`."""
+    import yaml
+
+    options = dict(OPTIONS)
+    for argument in argv:
+        key, sep, value = argument.partition("=")
+        if not sep:
+            raise UserError(
+                f"Expected key=value arguments, got {argument!r}; e.g. ckpt_path=run/last.ckpt format=onnx."
+            )
+        if key not in OPTIONS:
+            raise UserError(f"Unknown export option {key!r}: choose among {', '.join(OPTIONS)}.")
+        options[key] = yaml.safe_load(value) if value else None
+        if key in ("ckpt_path", "output", "format") and options[key] is not None:
+            options[key] = str(options[key])  # a path like 2024 or true stays a path
+    if not options["ckpt_path"]:
+        raise UserError(
+            "No checkpoint given: pass ckpt_path=<run>/checkpoints/last.ckpt (or a .safetensors file)."
+        )
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        options = parse_options(sys.argv[1:] if argv is None else argv)
+        report = export(options.pop("ckpt_path"), options.pop("format"), options.pop("output"), **options)
+    except UserError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
