@@ -128,7 +128,9 @@ def render(indices: Tensor, split: str, config: ShapesConfig) -> tuple[Tensor, T
 
     xs, ys = _grid(size, ss)
     # Background: a mid-grey base plus smooth colour noise.
-    smooth = F.interpolate(background_lowres, size=(size * ss, size * ss), mode="bicubic", align_corners=False)
+    smooth = F.interpolate(
+        background_lowres, size=(size * ss, size * ss), mode="bicubic", align_corners=False
+    )
     image = 0.5 + config.noise * (smooth - 0.5)
 
     # Distractors, drawn alike for every class: thick strokes and soft blobs.
@@ -138,7 +140,9 @@ def render(indices: Tensor, split: str, config: ShapesConfig) -> tuple[Tensor, T
         d_colour = draw(3)
         # Distance to the segment p0–p1 for strokes.
         d = p1 - p0
-        t = ((xs - p0[:, 0, None, None]) * d[:, 0, None, None] + (ys - p0[:, 1, None, None]) * d[:, 1, None, None])
+        t = (xs - p0[:, 0, None, None]) * d[:, 0, None, None] + (ys - p0[:, 1, None, None]) * d[
+            :, 1, None, None
+        ]
         t = (t / (d * d).sum(1).clamp_min(1e-6)[:, None, None]).clamp(0, 1)
         px = p0[:, 0, None, None] + t * d[:, 0, None, None]
         py = p0[:, 1, None, None] + t * d[:, 1, None, None]
