@@ -81,57 +81,17 @@ def check_methods(methods: list[str]) -> list[str]:
     return methods
 
 
-def _data_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """image_size, mean, std and class_names wherever a checkpoint may carry them."""
-    found: dict[str, Any] = {}
-    sources = [
-        checkpoint.get("datamodule_hyper_parameters") or {},
-        (checkpoint.get("hyper_parameters") or {}).get("data_config") or {},
-        checkpoint.get("hyper_parameters") or {},
-    ]
-    for source in sources:
-        if not isinstance(source, dict):
-            continue
-        for key in ("image_size", "mean", "std", "class_names"):
-            if key not in found and source.get(key) is not None:
-                found[key] = source[key]
-    return found
-
-
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The network of a training checkpoint (eval mode) and the data settings it carries."""
-    from lficam.models import create_model
+    """The network of a training checkpoint or safetensors export (eval mode) and the input settings it
+    carries (image_size, mean, std, class_names), through :func:`lficam.load` (no pickled code runs)."""
+    from lficam.loading import load
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"Checkpoint {str(path)!r} does not exist: give the path of a .ckpt file written by python train.py."
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a corrupt file, or one that needs unsafe unpickling
-        raise UserError(
-            f"Checkpoint {str(path)!r} cannot be read as a PyTorch checkpoint ({type(error).__name__}): "
-            "give a .ckpt file written by python train.py."
-        ) from None
-    hyper = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    model_config = hyper.get("model_config") if isinstance(hyper, dict) else None
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not isinstance(model_config, dict) or not isinstance(state, dict):
-        raise UserError(
-            f"Checkpoint {str(path)!r} was not written by lficam's training (it has no "
-            "hyper_parameters.model_config and state_dict): give a .ckpt file written by python train.py."
-        )
-    net = create_model(**model_config)
-    weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-    missing, unexpected = net.load_state_dict(weights, strict=False)
-    if missing or unexpected or not weights:
-        raise UserError(
-            f"Checkpoint {str(path)!r} does not fit the model it describes ({model_config.get('backbone')}, "
-            f"attention {model_config.get('attention')}): {len(missing)} weights missing, {len(unexpected)} "
-            "unexpected; was it edited or written by another version?"
-        )
-    return net.eval(), _data_settings(checkpoint)
+    net = load(path)
+    metadata = getattr(net, "lficam_metadata", {})
+    stored = {k: v for k, v in (metadata.get("input") or {}).items() if v is not None}
+    if metadata.get("class_names"):
+        stored["class_names"] = metadata["class_names"]
+    return net, stored
 
 
 def read_images(paths: list[str], size: int) -> Tensor:

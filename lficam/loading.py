@@ -12,7 +12,6 @@ ours, or was tampered with, is refused with one sentence (:class:`~lficam.errors
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as error:
+    except Exception as error:  # torch raises many types for foreign bytes (KeyError, UnpicklingError, ...)
         raise UserError(
             f"Refusing {str(path)!r}: it is not a checkpoint that loads safely without running code "
             f"({_reason(error)}); use a .ckpt written by lficam's train.py or a .safetensors export."
@@ -84,10 +83,14 @@ def model_config_of_checkpoint(checkpoint: dict[str, Any], path: str | Path = "c
 
 
 def input_metadata_of_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The input description (image size, mean, std, class names) the data module stored, or {}."""
+    """The input description (image size, mean, std, class names) the data module stored, else what the
+    training module's ``data_config`` says, or {}."""
     for value in checkpoint.values():
         if isinstance(value, dict) and isinstance(value.get(INPUT_KEY), dict):
             return dict(value[INPUT_KEY])
+    data = (checkpoint.get("hyper_parameters") or {}).get("data_config")
+    if isinstance(data, dict):
+        return {k: data[k] for k in ("image_size", "mean", "std") if data.get(k) is not None}
     return {}
 
 
