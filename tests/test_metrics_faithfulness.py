@@ -6,6 +6,7 @@ softmax gives p(class 0) = S / K exactly. Every expected number below follows fr
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -115,7 +116,7 @@ def test_insertion_auc_from_the_blurred_image():
     for r in range(4):
         sums.append(sums[-1] + 12 * (column[r] - blurred[r]))
     p = [s / 160 for s in sums]
-    expected = 0.25 * sum((a + b) / 2 for a, b in zip(p[:-1], p[1:]))
+    expected = 0.25 * sum((a + b) / 2 for a, b in itertools.pairwise(p))
     got = insertion_auc(LinearProbability(), IMAGE, GOOD, pixels_per_step=4)
     assert got.item() == pytest.approx(expected, rel=1e-5)
     _, curve = insertion_curve(LinearProbability(), IMAGE, GOOD, pixels_per_step=4)
@@ -132,7 +133,9 @@ def test_average_drop_and_increase_in_confidence_hand_computed():
     # 4) same image, flat map → s = 0 → the all-zero (mean) image, O = 0: drop 100.
     signed = row_image([4, 2, 1, -1])
     images = torch.cat([IMAGE, signed, signed, signed])
-    maps = torch.cat([row_map([1, 1, 0, 0]), row_map([1, 1, 1, 0]), row_map([2, 1, 0, 0]), torch.ones(1, 4, 4)])
+    maps = torch.cat(
+        [row_map([1, 1, 0, 0]), row_map([1, 1, 1, 0]), row_map([2, 1, 0, 0]), torch.ones(1, 4, 4)]
+    )
     model = LinearProbability(k=120)
     assert average_drop(model, images, maps, batch_size=3).tolist() == pytest.approx([25, 0, 100 / 6, 100])
     assert increase_in_confidence(model, images, maps).tolist() == [0, 100, 0, 0]
@@ -152,5 +155,7 @@ def test_model_metric_classes_and_mode_restored():
     assert drop.compute().item() == pytest.approx(25)
     assert increase.compute().item() == 0
     assert model.training  # probed in eval mode, the caller's mode restored
-    assert not DeletionAUC.higher_is_better and InsertionAUC.higher_is_better
-    assert not AverageDrop.higher_is_better and IncreaseInConfidence.higher_is_better
+    assert not DeletionAUC.higher_is_better
+    assert InsertionAUC.higher_is_better
+    assert not AverageDrop.higher_is_better
+    assert IncreaseInConfidence.higher_is_better

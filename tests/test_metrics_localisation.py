@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from lficam.errors import UserError
-from lficam.metrics import EnergyPointingGame, MaskIoU, PointingGame, energy_pointing_game, mask_iou, pointing_game
+from lficam.metrics import (
+    EnergyPointingGame,
+    MaskIoU,
+    PointingGame,
+    energy_pointing_game,
+    mask_iou,
+    pointing_game,
+)
 
 NAN = float("nan")
 
@@ -104,7 +111,8 @@ def test_metric_classes_average_images_and_skip_nan():
     metric.update(torch.cat([diagonal, diagonal]), torch.cat([block, torch.zeros_like(block)]))
     metric.update(100 * block.float(), block)
     assert metric.compute().item() == pytest.approx(0.65)
-    assert EnergyPointingGame.higher_is_better and MaskIoU.higher_is_better
+    assert EnergyPointingGame.higher_is_better
+    assert MaskIoU.higher_is_better
 
 
 def test_sum_states_merge_like_ddp_ranks():

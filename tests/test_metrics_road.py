@@ -20,7 +20,9 @@ def test_single_pixel_is_the_weighted_mean_of_its_neighbours():
     removed[0, 1, 1] = True
     filled = linear_imputation(image, removed)
     assert filled[0, :, 1, 1].tolist() == pytest.approx([2, 2, 2])
-    assert torch.equal(filled[~removed.unsqueeze(1).expand_as(filled)], image[~removed.unsqueeze(1).expand_as(image)])
+    assert torch.equal(
+        filled[~removed.unsqueeze(1).expand_as(filled)], image[~removed.unsqueeze(1).expand_as(image)]
+    )
 
 
 def test_border_weights_are_renormalised():
@@ -131,8 +133,9 @@ def test_road_hand_computed():
     hole[0, 1, 1] = 0
     images, maps = torch.cat([image, image]), torch.cat([peak, hole])
     for batch_size in (1, 5, 100):
-        scores = road(LinearProbability(), images, maps, percentages=(1 / 16, 2 / 16), noise=0,
-                      batch_size=batch_size)
+        scores = road(
+            LinearProbability(), images, maps, percentages=(1 / 16, 2 / 16), noise=0, batch_size=batch_size
+        )
         assert scores.morf.tolist() == pytest.approx([0, 0.716667], abs=1e-4)
         assert scores.lerf.tolist() == pytest.approx([0.5, 0], abs=1e-4)
         assert scores.combined.tolist() == pytest.approx([0.25, -0.358333], abs=1e-4)
@@ -153,4 +156,5 @@ def test_road_default_percentages_seeded_and_flat_map():
     second = road(model, torch.cat([image, image]), maps)
     assert first.percentages.tolist() == pytest.approx([0.1 * i for i in range(1, 10)])
     assert torch.equal(first.combined[:1], second.combined[:1])
-    assert math.isnan(first.combined[1].item()) and not math.isnan(first.combined[0].item())
+    assert math.isnan(first.combined[1].item())
+    assert not math.isnan(first.combined[0].item())

@@ -73,9 +73,11 @@ def test_similarity_metric_classes():
 def test_translate_fills_the_uncovered_border_with_zeros():
     # Down by 1: row 0 becomes 0, rows 1–3 hold old rows 0–2. Left by 2: columns 2–3 become 0.
     down = _translate(ramp(), 1, 0)[0]
-    assert down[0].tolist() == [0, 0, 0, 0] and down[1:].tolist() == ramp()[0, :3].tolist()
+    assert down[0].tolist() == [0, 0, 0, 0]
+    assert down[1:].tolist() == ramp()[0, :3].tolist()
     left = _translate(ramp(), 0, -2)[0]
-    assert left[:, :2].tolist() == ramp()[0, :, 2:].tolist() and left[:, 2:].abs().sum() == 0
+    assert left[:, :2].tolist() == ramp()[0, :, 2:].tolist()
+    assert left[:, 2:].abs().sum() == 0
 
 
 def test_equivariant_map_is_perfectly_stable_under_shift_and_flip():
@@ -169,7 +171,12 @@ def test_model_randomisation_cascades_top_down():
 def test_randomisation_layers_of_project_models():
     model = create_model("cifar_resnet20", num_classes=3)
     assert randomisation_layers(model) == [
-        "fc", "fin", "backbone.stages.2", "backbone.stages.1", "backbone.stages.0", "backbone.stem"
+        "fc",
+        "fin",
+        "backbone.stages.2",
+        "backbone.stages.1",
+        "backbone.stages.0",
+        "backbone.stem",
     ]
     with pytest.raises(UnknownNameError, match="layer"):
         model_randomisation(model, torch.rand(1, 3, 16, 16), layers=["nope"])

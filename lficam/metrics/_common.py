@@ -45,7 +45,9 @@ def maps_at_image_size(images: Tensor, maps: Tensor) -> Tensor:
             f"{tuple(maps.shape)}."
         )
     if not images.is_floating_point():
-        raise UserError(f"Expected floating-point images in the model's normalised input space, got {images.dtype}.")
+        raise UserError(
+            f"Expected floating-point images in the model's normalised input space, got {images.dtype}."
+        )
     maps = maps.float()
     if maps.shape[-2:] != images.shape[-2:]:
         maps = F.interpolate(maps.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
