@@ -7,8 +7,9 @@ pointing game of the model's own map wherever the batch carries object masks.
 Attention metrics of the model's own map (``lficam.metrics``), each switchable by a constructor option:
 - where batches carry ``mask``: ``{stage}/attn/energy_pointing_game`` and ``{stage}/attn/mask_iou``;
 - epoch-to-epoch stability of a fixed probe set (the first ``stability_probe_size`` validation images of
-  this rank) against the previous validation epoch: ``val/attn/stability_epoch_iou`` / ``_spearman``
-  (from the second validation epoch on; a resumed run starts comparing again one epoch after resuming);
+  this rank, their maps taken from the validation pass) against the previous validation epoch:
+  ``val/attn/stability_epoch_iou`` / ``_spearman`` (from the second validation epoch on; a resumed run, or a
+  shuffled validation loader whose first images change, starts comparing again one epoch later);
 - input-change stability on the first ``input_stability_images`` validation images of every epoch:
   ``val/attn/stability_{kind}_{iou,spearman,avg_sensitivity,max_sensitivity}``;
 - the costly faithfulness metrics (deletion, insertion, Average Drop, Increase in Confidence, ROAD) on the
@@ -194,7 +195,7 @@ class LitClassifier(pl.LightningModule):
                 self.log(f"{stage}/attn/energy_pointing_game", energy, on_step=False, on_epoch=True)
                 self.log(f"{stage}/attn/mask_iou", mask_iou, on_step=False, on_epoch=True)
         if stage == "val" and not self.trainer.sanity_checking:
-            self._update_attention_extras(batch["image"], output)
+            self._update_attention_extras(batch, output)
         return output
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -251,9 +252,11 @@ class LitClassifier(pl.LightningModule):
             "road": lambda: Road(**batch),
         }
         self.faithfulness_metrics = nn.ModuleDict({name: builders[name]() for name in chosen})
-        # Plain attributes, not buffers: the probe images stay out of checkpoints.
-        self._probe_images: Tensor | None = None
-        self._probe_complete = False
+        # The probe set is the first stability_probe_size validation images: their maps come from the
+        # validation pass itself (no extra forward pass). Plain attributes, kept out of checkpoints.
+        self._probe_maps: list[Tensor] = []
+        self._probe_ids: list[Tensor] = []
+        self._previous_probe_ids: Tensor | None = None
         self._input_stability_seen = 0
         self._faithfulness_seen = 0
 
@@ -261,19 +264,21 @@ class LitClassifier(pl.LightningModule):
         every = self.hparams.faithfulness_every_n_epochs
         return bool(every) and len(self.faithfulness_metrics) > 0 and (self.current_epoch + 1) % every == 0
 
-    def _update_attention_extras(self, images: Tensor, output: ModelOutput) -> None:
+    def _update_attention_extras(self, batch: dict[str, Tensor], output: ModelOutput) -> None:
         hp = self.hparams
-        if hp.stability_probe_size and not self._probe_complete:
-            have = 0 if self._probe_images is None else self._probe_images.shape[0]
-            extra = images[: hp.stability_probe_size - have].detach()
-            self._probe_images = (
-                extra if self._probe_images is None else torch.cat([self._probe_images, extra])
-            )
+        images = batch["image"]
+        size = tuple(images.shape[-2:])
+        room = hp.stability_probe_size - sum(m.shape[0] for m in self._probe_maps)
+        if room > 0:
+            self._probe_maps.append(upsample_maps(output.attention[:room].detach(), size))
+            ids = batch.get("index", torch.arange(images.shape[0], device=images.device))
+            self._probe_ids.append(ids[:room].detach())
         room = hp.input_stability_images - self._input_stability_seen
         if len(self.input_stability_metrics) and room > 0:
             subset = images[:room]
+            clean_maps = upsample_maps(output.attention[:room].detach(), size)
             for metric in self.input_stability_metrics.values():
-                metric.update(attention_map_fn(self.net), subset)
+                metric.update(attention_map_fn(self.net), subset, base_maps=clean_maps)
             self._input_stability_seen += subset.shape[0]
         room = hp.faithfulness_images - self._faithfulness_seen
         if self._faithfulness_epoch() and room > 0:
@@ -284,12 +289,13 @@ class LitClassifier(pl.LightningModule):
             self._faithfulness_seen += subset.shape[0]
 
     def _log_attention_extras(self) -> None:
-        if self._probe_images is not None:
-            self._probe_complete = True
-            size = tuple(self._probe_images.shape[-2:])
-            maps = torch.cat(
-                [upsample_maps(self.net(chunk).attention, size) for chunk in self._probe_images.split(256)]
-            )
+        if self._probe_maps:
+            maps, ids = torch.cat(self._probe_maps), torch.cat(self._probe_ids)
+            self._probe_maps, self._probe_ids = [], []
+            if self._previous_probe_ids is not None and not torch.equal(ids, self._previous_probe_ids):
+                # A shuffled validation loader: these are other images than last epoch's; start again.
+                self.epoch_stability.previous = None
+            self._previous_probe_ids = ids
             self.epoch_stability.reset()  # the sums of this epoch only; the previous maps are kept
             had_previous = self.epoch_stability.has_previous
             self.epoch_stability.update(maps)

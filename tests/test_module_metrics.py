@@ -61,9 +61,11 @@ class EveryEpoch(pl.Callback):
             self.logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
 
 
-def fit(module: LitClassifier, epochs: int = 2) -> tuple[list[dict[str, float]], DataLoader]:
+def fit(
+    module: LitClassifier, epochs: int = 2, shuffle_val: bool = False
+) -> tuple[list[dict[str, float]], DataLoader]:
     """Trains on 1 batch per epoch, validates on 2 batches of 6; returns what was logged after each epoch."""
-    val = DataLoader(MaskedImages(12, seed=1), batch_size=6)
+    val = DataLoader(MaskedImages(12, seed=1), batch_size=6, shuffle=shuffle_val)
     record = EveryEpoch()
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -118,6 +120,9 @@ def test_epoch_stability_starts_at_the_second_epoch_and_sees_learning():
     assert "val/attn/stability_epoch_iou" not in first  # nothing to compare with after one epoch
     # A learning step moves the maps: the probe's maps differ from the previous epoch's.
     assert -1 <= second["val/attn/stability_epoch_spearman"] < 0.999
+    # A shuffled validation loader puts other images first: they are never compared as if they were the same.
+    _, second = fit(frozen_module(stability_probe_size=4, input_stability=[]), shuffle_val=True)[0]
+    assert "val/attn/stability_epoch_iou" not in second
 
 
 def test_switches_turn_metrics_off():

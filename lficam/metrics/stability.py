@@ -132,6 +132,7 @@ def perturbation_stability(
     threshold: float = PAPER_THRESHOLD,
     batch_size: int = 256,
     seed: int | None = 0,
+    base_maps: Tensor | None = None,
 ) -> StabilityScores:
     """Stability of maps Φ under small input changes δ (method.md §4.3).
 
@@ -148,6 +149,7 @@ def perturbation_stability(
     (In)fidelity and Sensitivity of Explanations"; lower is more stable). Φ(x) = 0 gives NaN sensitivities.
     ``model_map_fn`` maps images to B×h×w maps (upsampled to the image size when smaller), e.g.
     :func:`attention_map_fn`; it is called on all perturbed images at once, ``batch_size`` at a time.
+    ``base_maps``: Φ(x) when the caller already has it (saves one pass over the clean images).
     """
     check_batch_size(batch_size)
     if kind not in PERTURBATIONS:
@@ -180,7 +182,7 @@ def perturbation_stability(
     else:
         moves = [(0, 0)]
         perturbed = images.flip(-1)
-    base = maps_of(images)
+    base = maps_of(images) if base_maps is None else maps_at_image_size(images, base_maps)
     moved = maps_of(perturbed).view(len(moves), b, h, w)
     ious, rhos, changes = [], [], []
     for s, (dy, dx) in enumerate(moves):
@@ -238,8 +240,9 @@ class InputStability(PerImageMeans):
             "seed": seed,
         }
 
-    def update(self, model_map_fn: MapFn, images: Tensor) -> None:
-        self._accumulate(perturbation_stability(model_map_fn, images, self.kind, **self.options)._asdict())
+    def update(self, model_map_fn: MapFn, images: Tensor, base_maps: Tensor | None = None) -> None:
+        scores = perturbation_stability(model_map_fn, images, self.kind, base_maps=base_maps, **self.options)
+        self._accumulate(scores._asdict())
 
 
 class EpochStability(PerImageMeans):
