@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from lficam.errors import UserError
 from lficam.metrics import (
     AverageDrop,
     DeletionAUC,
@@ -159,3 +160,12 @@ def test_model_metric_classes_and_mode_restored():
     assert InsertionAUC.higher_is_better
     assert not AverageDrop.higher_is_better
     assert IncreaseInConfidence.higher_is_better
+
+
+def test_bad_inputs_get_one_clear_sentence():
+    with pytest.raises(UserError, match="floating-point images"):
+        deletion_auc(LinearProbability(), IMAGE.long(), GOOD)
+    with pytest.raises(UserError, match="pixels_per_step"):
+        deletion_auc(LinearProbability(), IMAGE, GOOD, pixels_per_step=0)
+    with pytest.raises(UserError, match="same B"):
+        average_drop(LinearProbability(), IMAGE, torch.cat([GOOD, GOOD]))
