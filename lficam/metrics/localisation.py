@@ -11,6 +11,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lficam.errors import UserError
+from lficam.metrics._common import PerImageMean, is_flat, minmax
+
 
 def _check_pair(maps: Tensor, masks: Tensor) -> None:
     if maps.ndim != 3 or masks.shape != maps.shape:
@@ -74,3 +77,81 @@ class PointingGame(Metric):
         if not seen.any():
             return torch.tensor(float("nan"))
         return (self.hits[seen] / self.counts[seen]).mean().float()
+
+
+def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
+    """Energy-based pointing game (Wang et al., Score-CAM, CVPRW 2020): the share of the map's mass inside the object.
+
+    energy_i = Σ_{p ∈ mask_i} L⁺_i(p) / Σ_p L⁺_i(p), with L⁺ = max(L, 0) (mass is never negative); no
+    normalisation, so a map's mass anywhere counts. In [0, 1]; higher is better. A map without mass
+    (all ≤ 0) gives NaN; an empty mask gives NaN. A flat positive map scores the object's area share
+    (its share of the image), never 1.
+    """
+    _check_pair(maps, masks)
+    mass = maps.float().clamp_min(0).flatten(1)
+    inside = (mass * masks.flatten(1).float()).sum(dim=1)
+    total = mass.sum(dim=1)
+    energy = inside / torch.where(total > 0, total, torch.ones_like(total))
+    undefined = (total <= 0) | ~masks.flatten(1).bool().any(dim=1)
+    return torch.where(undefined, torch.full_like(energy, float("nan")), energy)
+
+
+def binarise(maps: Tensor, threshold: float = 0.5, top_k: float | None = None) -> Tensor:
+    """B×H×W booleans: s(L) > threshold, with s the per-image min-max into [0, 1]; or the top ``top_k``
+    fraction of pixels when given (k = round(top_k·H·W) clamped to 1…H·W, ties broken in raster order).
+
+    A flat map selects nothing either way: it points nowhere.
+    """
+    if top_k is None:
+        return minmax(maps) > threshold
+    if not 0 < top_k <= 1:
+        raise UserError(f"top_k is a fraction of the pixels in (0, 1], got {top_k}.")
+    b, h, w = maps.shape
+    k = min(max(round(top_k * h * w), 1), h * w)  # never more pixels than the image has
+    order = maps.flatten(1).float().argsort(dim=1, descending=True, stable=True)
+    chosen = torch.zeros(b, h * w, dtype=torch.bool, device=maps.device)
+    chosen.scatter_(1, order[:, :k], True)
+    return chosen.view(b, h, w) & ~is_flat(maps).view(b, 1, 1)
+
+
+def iou(a: Tensor, b: Tensor) -> Tensor:
+    """|a ∧ b| / |a ∨ b| per image of two B×H×W boolean tensors; NaN when both are empty."""
+    a, b = a.flatten(1), b.flatten(1)
+    inter = (a & b).sum(dim=1).float()
+    union = (a | b).sum(dim=1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(union, float("nan")))
+
+
+def mask_iou(maps: Tensor, masks: Tensor, threshold: float = 0.5, top_k: float | None = None) -> Tensor:
+    """IoU of the binarised map with the object mask (method.md §4.2).
+
+    iou_i = |B_i ∧ M_i| / |B_i ∨ M_i| with B_i = s(L_i) > threshold (s: per-image min-max into [0, 1]), or
+    B_i the top ``top_k`` fraction of pixels when given. Higher is better. An empty mask gives NaN; a flat
+    map binarises to nothing and gives 0 against a non-empty mask (never a hit).
+    """
+    _check_pair(maps, masks)
+    masks = masks.bool()
+    value = iou(binarise(maps, threshold, top_k), masks)
+    return torch.where(masks.flatten(1).any(dim=1), value, torch.full_like(value, float("nan")))
+
+
+class EnergyPointingGame(PerImageMean):
+    """Mean over images of :func:`energy_pointing_game`; images with an empty mask or a massless map left out."""
+
+    higher_is_better = True
+
+    def update(self, maps: Tensor, masks: Tensor) -> None:
+        self._accumulate(energy_pointing_game(maps, masks))
+
+
+class MaskIoU(PerImageMean):
+    """Mean over images of :func:`mask_iou`; images with an empty mask left out."""
+
+    higher_is_better = True
+
+    def __init__(self, threshold: float = 0.5, top_k: float | None = None, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.threshold, self.top_k = threshold, top_k
+
+    def update(self, maps: Tensor, masks: Tensor) -> None:
+        self._accumulate(mask_iou(maps, masks, self.threshold, self.top_k))

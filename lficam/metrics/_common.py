@@ -1,0 +1,177 @@
+"""What the metrics share: shape checks, per-image min-max, scoring a model in chunks, a per-image mean.
+
+Maps are B×H×W. Images are B×3×H×W in the model's (normalised) input space. A model returns logits or a
+:class:`~lficam.models.output.ModelOutput` (whose ``[0]`` is the logits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from lficam.errors import UserError
+
+Model = Callable[[Tensor], object]
+
+
+def check_maps(maps: Tensor, name: str = "maps") -> None:
+    if not isinstance(maps, Tensor) or maps.ndim != 3:
+        shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise UserError(
+            f"Expected {name} shaped B×H×W, got {shape}; squeeze a channel axis with {name}[:, 0]."
+        )
+
+
+def check_pair(maps_a: Tensor, maps_b: Tensor, names: tuple[str, str] = ("maps", "masks")) -> None:
+    check_maps(maps_a, names[0])
+    if maps_b.shape != maps_a.shape:
+        raise UserError(
+            f"Expected {names[0]} and {names[1]} of the same shape B×H×W, got {tuple(maps_a.shape)} and "
+            f"{tuple(maps_b.shape)}; upsample the maps to the images' size first."
+        )
+
+
+def maps_at_image_size(images: Tensor, maps: Tensor) -> Tensor:
+    """Maps as float B×H×W at the images' size: bilinear upsampling (Up of the papers) when they are smaller."""
+    check_maps(maps)
+    if images.ndim != 4 or maps.shape[0] != images.shape[0]:
+        raise UserError(
+            f"Expected images B×3×H×W and maps B×h×w with the same B, got {tuple(images.shape)} and "
+            f"{tuple(maps.shape)}."
+        )
+    if not images.is_floating_point():
+        raise UserError(
+            f"Expected floating-point images in the model's normalised input space, got {images.dtype}."
+        )
+    maps = maps.float()
+    if maps.shape[-2:] != images.shape[-2:]:
+        maps = F.interpolate(maps.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        maps = maps.squeeze(1)
+    return maps
+
+
+def minmax(maps: Tensor) -> Tensor:
+    """s(L) = (L − min L) / (max L − min L) per image into [0, 1], in float32; a flat map gives all zeros."""
+    m = maps.float()
+    flat = m.flatten(1)
+    shape = (m.shape[0],) + (1,) * (m.ndim - 1)
+    lo = flat.amin(dim=1).view(shape)
+    span = flat.amax(dim=1).view(shape) - lo
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, (m - lo) / safe, torch.zeros_like(m))
+
+
+def is_flat(maps: Tensor) -> Tensor:
+    """B booleans: the map has one value everywhere (it points nowhere)."""
+    flat = maps.flatten(1)
+    return flat.amax(dim=1) == flat.amin(dim=1)
+
+
+def logits_of(output: object) -> Tensor:
+    return output if isinstance(output, Tensor) else output[0]  # ModelOutput or any (logits, ...) tuple
+
+
+@contextmanager
+def evaluating(model: Model) -> Iterator[None]:
+    """Eval mode and no autograd for the duration, then every module's own training flag restored.
+
+    Dropout and batch-norm statistics must not move while a metric probes the model, and the caller's
+    mode (training or not) must not change as a side effect.
+    """
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    flags = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.training = False
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in zip(modules, flags):
+            m.training = flag
+
+
+def probabilities(model: Model, images: Tensor, batch_size: int) -> Tensor:
+    """softmax(model(x)) for N images in chunks of ``batch_size`` (call inside :func:`evaluating`)."""
+    parts = [torch.softmax(logits_of(model(chunk)).float(), dim=1) for chunk in images.split(batch_size)]
+    return torch.cat(parts)
+
+
+def clean_scores(
+    model: Model, images: Tensor, targets: Tensor | None, batch_size: int
+) -> tuple[Tensor, Tensor]:
+    """(class c per image, its softmax probability on the clean image); c = the prediction when targets is None."""
+    probs = probabilities(model, images, batch_size)
+    if targets is None:
+        targets = probs.argmax(dim=1)
+    targets = torch.as_tensor(targets, device=probs.device).long().view(-1)
+    if targets.shape[0] != images.shape[0]:
+        raise UserError(f"Expected one target per image ({images.shape[0]}), got {targets.shape[0]}.")
+    return targets, probs.gather(1, targets[:, None]).squeeze(1)
+
+
+def check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}.")
+
+
+class PerImageMean(Metric):
+    """Mean over images of per-image values, NaN values left out; sums and counts are the states.
+
+    Sums are float64 and reduced by summation, so the value is exact under DDP (every rank's images count
+    once) and independent of how images were split into batches. No image seen: NaN.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _accumulate(self, values: Tensor) -> None:
+        values = values.detach().double().flatten()
+        valid = ~values.isnan()
+        self.total += values[valid].sum()
+        self.count += valid.sum()
+
+    def compute(self) -> Tensor:
+        if self.count == 0:
+            return torch.tensor(float("nan"))
+        return (self.total / self.count).float()
+
+
+class PerImageMeans(Metric):
+    """Several per-image means at once (one sum and count per key), compute returns a dict of scalars."""
+
+    full_state_update = False
+    keys: tuple[str, ...] = ()
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        for key in self.keys:
+            self.add_state(
+                f"{key}_total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+            )
+            self.add_state(
+                f"{key}_count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+            )
+
+    def _accumulate(self, values: dict[str, Tensor]) -> None:
+        for key in self.keys:
+            v = values[key].detach().double().flatten()
+            valid = ~v.isnan()
+            setattr(self, f"{key}_total", getattr(self, f"{key}_total") + v[valid].sum())
+            setattr(self, f"{key}_count", getattr(self, f"{key}_count") + valid.sum())
+
+    def compute(self) -> dict[str, Tensor]:
+        out = {}
+        for key in self.keys:
+            count = getattr(self, f"{key}_count")
+            total = getattr(self, f"{key}_total")
+            out[key] = (total / count).float() if count > 0 else torch.tensor(float("nan"))
+        return out
