@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -67,8 +72,86 @@ def _warn_small_maps(cfg: DictConfig, net: torch.nn.Module) -> None:
             )
 
 
+def _requested_gpus(devices: Any) -> int:
+    """How many GPUs ``trainer.devices`` asks for: a count, a list of ids, "0,1", or "auto"/-1 (at least one)."""
+    if isinstance(devices, int):
+        return 1 if devices == -1 else devices
+    if isinstance(devices, str):
+        ids = [d for d in devices.split(",") if d.strip()]
+        if len(ids) == 1 and ids[0].strip().lstrip("-").isdigit():
+            count = int(ids[0])
+            return 1 if count == -1 else count
+        return len(ids) if devices.strip() != "auto" else 1
+    return len(devices)  # a list of device ids
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """Refuse a GPU trainer (``trainer=gpu``, ``trainer=ddp``) on a machine with fewer GPUs than it asks for."""
+    trainer = cfg.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    devices = trainer.get("devices", "auto")
+    devices = OmegaConf.to_container(devices) if OmegaConf.is_config(devices) else devices
+    wanted, available = _requested_gpus(devices), torch.cuda.device_count()
+    if wanted > available:
+        raise UserError(
+            f"trainer.accelerator={accelerator} with trainer.devices={devices} asks for {wanted} GPU(s) but this "
+            f"machine has {available}: use trainer=ddp_cpu to run DDP on CPU processes, trainer=cpu for one "
+            "process, or a smaller trainer.devices."
+        )
+
+
+_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def ranks_join_this_run() -> Iterator[None]:
+    """Let the extra ranks that Lightning's DDP launcher starts join this job and write into its run folder.
+
+    Lightning starts rank k > 0 by running ``sys.argv`` again, adding ``hydra.run.dir=<HydraConfig run.dir>``.
+    In a single run that is this run's folder; in a multirun it is not (a job lives in ``sweep.dir/subdir``)
+    and ``sys.argv`` holds the whole sweep (``-m seed=1,2`` would start a sweep per rank). For the job's
+    duration argv holds this job's own overrides in run mode and run.dir this job's folder; afterwards argv,
+    run.dir and the launcher's environment variables are put back, and the process group is closed, so the
+    next job of a sweep starts ranks of its own. Ranks started by a cluster (SLURM, torchrun) change nothing.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    if not HydraConfig.initialized() or "LOCAL_RANK" in os.environ:
+        yield
+        return
+    hydra_cfg = HydraConfig.get()
+    saved_argv = sys.argv[:]
+    saved_run_dir = OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"]  # keep its interpolation
+    saved_env = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, "hydra.mode=RUN"]
+    with read_write(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        with read_write(hydra_cfg):
+            hydra_cfg.run.dir = saved_run_dir
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test one run; returns every metric Lightning collected, as floats."""
+    check_devices(cfg)
+    with ranks_join_this_run():
+        return _fit_and_test(cfg)
+
+
+def _fit_and_test(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -171,15 +254,35 @@ def run_task(cfg: DictConfig) -> float | None:
         if multirun:  # one failed trial must not end the sweep
             return float("nan")
         raise SystemExit(2) from None
+    except Exception:
+        if not multirun:
+            raise
+        # A bug or a crash in one job of a sweep: keep its traceback in the job's log, go on with the next job
+        # (a NaN is recorded by the Optuna sweeper as a failed trial).
+        log.exception("This sweep job failed; the sweep goes on (run folder %s).", run_dir)
+        return float("nan")
     finally:
         _close_wandb()
-    print_summary(metrics, run_dir)
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # one summary, not one per DDP rank
+        print_summary(metrics, run_dir)
     name = cfg.get("optimized_metric")
     if name:
         if name not in metrics:
             raise SystemExit(f"optimized_metric {name!r} was not logged; choose one of {sorted(metrics)}.")
         return metrics[name]
     return None
+
+
+class CreateFolder(Callback):
+    """A Hydra callback that creates a folder before a multirun starts (an SQLite study's folder, say)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
 
 
 def _close_wandb() -> None:
