@@ -47,6 +47,8 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
         scheduler=scheduler,
         model_config=model_config,
         _recursive_=False,
+        # plain dicts in the hyper-parameters: checkpoints then load with torch.load(weights_only=True)
+        _convert_="all",
     )
 
 
@@ -252,15 +254,14 @@ def run_task(cfg: DictConfig) -> float | None:
     except UserError as error:
         log.error("%s (the run folder %s keeps what was written before this error)", error, run_dir)
         if multirun:  # one failed trial must not end the sweep
-            return float("nan")
+            return _failed_sweep_job(error)
         raise SystemExit(2) from None
-    except Exception:
+    except Exception as error:
         if not multirun:
             raise
-        # A bug or a crash in one job of a sweep: keep its traceback in the job's log, go on with the next job
-        # (a NaN is recorded by the Optuna sweeper as a failed trial).
+        # a bug or a crash in one job of a sweep: its traceback goes to the job's log, the sweep goes on
         log.exception("This sweep job failed; the sweep goes on (run folder %s).", run_dir)
-        return float("nan")
+        return _failed_sweep_job(error)
     finally:
         _close_wandb()
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -273,6 +274,20 @@ def run_task(cfg: DictConfig) -> float | None:
             raise SystemExit(f"optimized_metric {name!r} was not logged; choose one of {sorted(metrics)}.")
         return metrics[name]
     return None
+
+
+def _failed_sweep_job(error: Exception) -> float:
+    """What a failed job of a sweep hands back so that the sweep goes on.
+
+    Hydra's grid sweeper ignores results but stops at the end of a batch when a job raised, so it gets NaN.
+    Sweepers that read results get the error itself: the Optuna sweeper records a FAIL trial for an exception
+    and goes on (``max_failure_rate``), whereas a NaN result would make it crash (optuna 2.10 refuses NaN).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if str(HydraConfig.get().sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return float("nan")
+    raise error
 
 
 class CreateFolder(Callback):
