@@ -105,6 +105,20 @@ def check_devices(cfg: DictConfig) -> None:
 
 
 _LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+_FLAGS_WITH_VALUE = {"-cn", "-cp", "-cd", "--config-name", "--config-path", "--config-dir"}
+
+
+def job_command(argv: list[str], hydra_overrides: list[str], task_overrides: list[str]) -> list[str]:
+    """The command line that runs one job of a sweep again, alone: Hydra's flags (``--config-dir …``) without
+    ``-m``, the job's own overrides (``seed=2``, not ``seed=1,2``) and run mode."""
+    flags, rest = [], iter(argv[1:])
+    for arg in rest:
+        if arg.startswith("-") and arg not in ("-m", "--multirun"):
+            flags.append(arg)
+            if arg in _FLAGS_WITH_VALUE:
+                flags.append(next(rest, ""))
+    hydra = [o for o in hydra_overrides if not o.startswith("hydra.mode=")]
+    return [argv[0], *flags, *hydra, *task_overrides, "hydra.mode=RUN"]
 
 
 @contextmanager
@@ -116,19 +130,21 @@ def ranks_join_this_run() -> Iterator[None]:
     and ``sys.argv`` holds the whole sweep (``-m seed=1,2`` would start a sweep per rank). For the job's
     duration argv holds this job's own overrides in run mode and run.dir this job's folder; afterwards argv,
     run.dir and the launcher's environment variables are put back, and the process group is closed, so the
-    next job of a sweep starts ranks of its own. Ranks started by a cluster (SLURM, torchrun) change nothing.
+    next job of a sweep starts ranks of its own. Where SLURM or torchrun start the ranks, nothing changes.
     """
     from hydra.core.hydra_config import HydraConfig
+    from lightning.fabric.plugins.environments import SLURMEnvironment
     from omegaconf import read_write
 
-    if not HydraConfig.initialized() or "LOCAL_RANK" in os.environ:
+    started_elsewhere = "LOCAL_RANK" in os.environ or SLURMEnvironment.detect()
+    if not HydraConfig.initialized() or started_elsewhere:
         yield
         return
     hydra_cfg = HydraConfig.get()
     saved_argv = sys.argv[:]
     saved_run_dir = OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"]  # keep its interpolation
     saved_env = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
-    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, "hydra.mode=RUN"]
+    sys.argv = job_command(sys.argv, hydra_cfg.overrides.hydra, hydra_cfg.overrides.task)
     with read_write(hydra_cfg):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
     try:

@@ -24,7 +24,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lficam.errors import UserError
 from lficam.models import create_model
 from lficam.module import LitClassifier
-from lficam.train import _requested_gpus, check_devices, run_task
+from lficam.train import _requested_gpus, check_devices, job_command, run_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -93,6 +93,21 @@ def test_ddp_config_without_gpus_is_one_sentence(tmp_path, monkeypatch, caplog):
     assert message in caplog.text
     assert not (tmp_path / "run").exists()  # refused before anything was built or written
     check_devices(compose_train(tmp_path, "trainer=ddp_cpu"))  # CPU processes need no GPU
+
+
+def test_job_command_reruns_one_job_of_a_sweep_alone():
+    argv = ["train.py", "-m", "--config-dir", "/extra", "seed=1,2", "hydra.job.chdir=true", "trainer=ddp_cpu"]
+    hydra = ["hydra.mode=MULTIRUN", "hydra.job.chdir=true"]
+    task = ["seed=2", "trainer=ddp_cpu"]
+    assert job_command(argv, hydra, task) == [
+        "train.py",
+        "--config-dir",
+        "/extra",
+        "hydra.job.chdir=true",
+        "seed=2",
+        "trainer=ddp_cpu",
+        "hydra.mode=RUN",
+    ]
 
 
 def _val_row(metrics_csv: Path) -> dict[str, float]:
