@@ -162,6 +162,22 @@ def ranks_join_this_run() -> Iterator[None]:
             torch.distributed.destroy_process_group()
 
 
+def log_hyperparameters(loggers: list[Any], hparams: dict[str, Any]) -> None:
+    """Send the hyper-parameters to every logger; a W&B run that cannot start (an online run without an API
+    key or without network) is the user's to fix, so it becomes one sentence."""
+    for lg in loggers:
+        try:
+            lg.log_hyperparams(hparams)
+        except Exception as error:
+            if not type(error).__module__.startswith("wandb"):
+                raise
+            reason = str(error).splitlines()[0].split(". ")[0].rstrip(".")  # its first sentence
+            raise UserError(
+                f"W&B could not start a run ({reason}); log offline with WANDB_MODE=offline (what logger=wandb "
+                "does by default) or run `wandb login`."
+            ) from error
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test one run; returns every metric Lightning collected, as floats."""
     check_devices(cfg)
@@ -179,14 +195,14 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, float]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for lg in loggers:
-        lg.log_hyperparams(
-            {
-                "config": OmegaConf.to_container(cfg, resolve=True),
-                "parameters/total": count_parameters(module.net),
-                "parameters/backbone": count_parameters(module.net.backbone),
-            }
-        )
+    log_hyperparameters(
+        loggers,
+        {
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "parameters/total": count_parameters(module.net),
+            "parameters/backbone": count_parameters(module.net.backbone),
+        },
+    )
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):

@@ -22,8 +22,9 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
 from lficam.callbacks import AttentionOverlays
+from lficam.errors import UserError
 from lficam.models import count_parameters, create_model
-from lficam.train import model_config_of, run_task
+from lficam.train import log_hyperparameters, model_config_of, run_task
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 TINY = [
@@ -84,6 +85,21 @@ def test_wandb_is_offline_unless_wandb_mode_says_otherwise(tmp_path, monkeypatch
     assert (wandb.project, wandb.group) == ("lficam", "sweep_a")
     monkeypatch.setenv("WANDB_MODE", "online")
     assert compose_train(tmp_path, "logger=wandb").logger.wandb.mode == "online"
+
+
+def test_online_wandb_without_an_api_key_is_one_sentence(tmp_path, monkeypatch):
+    for key in ("WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a key
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    monkeypatch.setenv("WANDB_MODE", "online")
+    logger = instantiate(compose_train(tmp_path, "logger=wandb").logger.wandb)
+    with pytest.raises(UserError) as error:
+        log_hyperparameters([logger], {"seed": 1})
+    assert str(error.value) == (
+        "W&B could not start a run (No API key configured); log offline with WANDB_MODE=offline (what "
+        "logger=wandb does by default) or run `wandb login`."
+    )
 
 
 def test_logger_lists_compose(tmp_path):
