@@ -6,7 +6,9 @@ import json
 import logging
 import math
 import os
+import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -104,6 +106,7 @@ def check_devices(cfg: DictConfig) -> None:
         )
 
 
+_CHILD_RANK_GRACE_S = 300
 _LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 _FLAGS_WITH_VALUE = {"-cn", "-cp", "-cd", "--config-name", "--config-path", "--config-dir"}
 
@@ -121,24 +124,59 @@ def job_command(argv: list[str], hydra_overrides: list[str], task_overrides: lis
     return [argv[0], *flags, *hydra, *task_overrides, "hydra.mode=RUN"]
 
 
+def _end_child_ranks(trainers: list[pl.Trainer], *, failed: bool) -> None:
+    """Wait for the rank processes a job started to finish (kill them if the job failed) before the job's process
+    group is closed: closing it under a rank still in its last collective makes that rank fail, and a rank
+    left waiting for a failed rank 0 would hang for the 30-minute DDP timeout.
+
+    Lightning's watchdog thread kills this whole process (the sweep) when a child ends with an error; the job is
+    over, so it is disarmed first (it has no public off switch: its list of processes is emptied).
+    """
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    procs = [proc for t in trainers for proc in getattr(getattr(t.strategy, "launcher", None), "procs", [])]
+    if not procs:
+        return
+    for thread in threading.enumerate():
+        if isinstance(thread, _ChildProcessObserver) and any(p in thread._child_processes for p in procs):
+            thread._child_processes = []
+    for proc in procs:
+        if failed:
+            proc.kill()
+        try:
+            proc.wait(timeout=_CHILD_RANK_GRACE_S)
+        except subprocess.TimeoutExpired:
+            log.warning(
+                "DDP rank process %d did not finish %d s after rank 0; stopping it.",
+                proc.pid,
+                _CHILD_RANK_GRACE_S,
+            )
+            proc.kill()
+            proc.wait()
+        if proc.returncode and not failed:
+            log.warning("DDP rank process %d ended with exit code %d.", proc.pid, proc.returncode)
+
+
 @contextmanager
-def ranks_join_this_run() -> Iterator[None]:
+def ranks_join_this_run() -> Iterator[list[pl.Trainer]]:
     """Let the extra ranks that Lightning's DDP launcher starts join this job and write into its run folder.
 
     Lightning starts rank k > 0 by running ``sys.argv`` again, adding ``hydra.run.dir=<HydraConfig run.dir>``.
     In a single run that is this run's folder; in a multirun it is not (a job lives in ``sweep.dir/subdir``)
     and ``sys.argv`` holds the whole sweep (``-m seed=1,2`` would start a sweep per rank). For the job's
     duration argv holds this job's own overrides in run mode and run.dir this job's folder; afterwards argv,
-    run.dir and the launcher's environment variables are put back, and the process group is closed, so the
-    next job of a sweep starts ranks of its own. Where SLURM or torchrun start the ranks, nothing changes.
+    run.dir and the launcher's environment variables are put back, the ranks it started have ended and the
+    process group is closed, so the next job of a sweep starts ranks of its own. The caller appends its trainer
+    to the list this yields. Where SLURM or torchrun start the ranks, nothing changes.
     """
     from hydra.core.hydra_config import HydraConfig
     from lightning.fabric.plugins.environments import SLURMEnvironment
     from omegaconf import read_write
 
     started_elsewhere = "LOCAL_RANK" in os.environ or SLURMEnvironment.detect()
+    trainers: list[pl.Trainer] = []
     if not HydraConfig.initialized() or started_elsewhere:
-        yield
+        yield trainers
         return
     hydra_cfg = HydraConfig.get()
     saved_argv = sys.argv[:]
@@ -147,9 +185,12 @@ def ranks_join_this_run() -> Iterator[None]:
     sys.argv = job_command(sys.argv, hydra_cfg.overrides.hydra, hydra_cfg.overrides.task)
     with read_write(hydra_cfg):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    failed = True
     try:
-        yield
+        yield trainers
+        failed = False
     finally:
+        _end_child_ranks(trainers, failed=failed)
         sys.argv = saved_argv
         with read_write(hydra_cfg):
             hydra_cfg.run.dir = saved_run_dir
@@ -181,11 +222,11 @@ def log_hyperparameters(loggers: list[Any], hparams: dict[str, Any]) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test one run; returns every metric Lightning collected, as floats."""
     check_devices(cfg)
-    with ranks_join_this_run():
-        return _fit_and_test(cfg)
+    with ranks_join_this_run() as trainers:
+        return _fit_and_test(cfg, trainers)
 
 
-def _fit_and_test(cfg: DictConfig) -> dict[str, float]:
+def _fit_and_test(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -195,6 +236,7 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, float]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainers.append(trainer)
     log_hyperparameters(
         loggers,
         {

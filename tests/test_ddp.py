@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import functools
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lficam.errors import UserError
 from lficam.models import create_model
 from lficam.module import LitClassifier
-from lficam.train import _requested_gpus, check_devices, job_command, run_task
+from lficam.train import _end_child_ranks, _requested_gpus, check_devices, job_command, run_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -39,6 +40,28 @@ TINY = [
     "callbacks.model_summary=null",
     "callbacks.attention_overlays=null",
 ]
+
+
+def run_quietly(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command in its own process group; on a timeout, stop the whole group (DDP ranks included)
+    instead of waiting on a pipe that a left-over rank still holds."""
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(command[1:4])} … ran over {timeout} s:\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def compose_train(root: Path, *overrides: str):
@@ -110,6 +133,35 @@ def test_job_command_reruns_one_job_of_a_sweep_alone():
     ]
 
 
+def _sleeper(seconds: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+
+
+@pytest.mark.parametrize("failed", [False, True])
+def test_a_job_ends_the_ranks_it_started_without_lightning_killing_the_sweep(failed):
+    from types import SimpleNamespace
+
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    child = _sleeper(0.2 if not failed else 60)
+    # Lightning's watchdog, pointed at a stand-in for the sweep process: it kills that when a child fails
+    sweep = _sleeper(60)
+    watchdog = _ChildProcessObserver(main_pid=sweep.pid, child_processes=[child], sleep_period=0.05)
+    watchdog.start()
+    trainer = SimpleNamespace(strategy=SimpleNamespace(launcher=SimpleNamespace(procs=[child])))
+    try:
+        _end_child_ranks([trainer], failed=failed)
+        assert child.returncode == (-9 if failed else 0)  # a failed job's ranks are stopped, not left waiting
+        watchdog.join(timeout=5)
+        assert not watchdog.is_alive()
+        with pytest.raises(subprocess.TimeoutExpired):
+            sweep.wait(timeout=1)  # the sweep process lives on
+    finally:
+        for proc in (child, sweep):
+            proc.kill()
+            proc.wait()
+
+
 def _val_row(metrics_csv: Path) -> dict[str, float]:
     rows = [r for r in csv.DictReader(metrics_csv.open()) if r.get("val/acc")]
     assert len(rows) == 1  # one validation epoch, logged once (by rank 0)
@@ -135,6 +187,10 @@ def _single_process_validation(job: Path, data_cfg) -> dict[str, float]:
 @pytest.mark.slow
 def test_ddp_sweep_on_cpu_writes_one_folder_per_job_and_syncs_metrics(tmp_path):
     logs = tmp_path / "logs"
+    data_cfg = compose_train(tmp_path, f"paths.data_dir={tmp_path / 'data'}").data
+    # Render the cached splits once beforehand: both ranks would render them at the same time otherwise, and
+    # ShapesDataModule's temporary file name (torch.randint under the same seed) is then the same on both.
+    instantiate(data_cfg).setup()
     command = [
         sys.executable,
         "train.py",
@@ -145,8 +201,7 @@ def test_ddp_sweep_on_cpu_writes_one_folder_per_job_and_syncs_metrics(tmp_path):
         f"paths.log_dir={logs}",
         f"paths.data_dir={tmp_path / 'data'}",
     ]
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = run_quietly(command)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     output = done.stdout + done.stderr
     assert output.count("Starting with 2 processes") == 2  # both jobs really ran two ranks
@@ -165,8 +220,6 @@ def test_ddp_sweep_on_cpu_writes_one_folder_per_job_and_syncs_metrics(tmp_path):
 
         # the DDP validation pass (16 images per rank, reduced over both) equals one process over all 32
         ddp = _val_row(job / "csv" / "metrics.csv")
-        single = _single_process_validation(
-            job, compose_train(tmp_path, f"paths.data_dir={tmp_path / 'data'}").data
-        )
+        single = _single_process_validation(job, data_cfg)
         for key in ("val/acc", "val/acc_top5", "val/loss", "val/attn/pointing_game"):
             assert ddp[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,28 @@ TINY = [
 ]
 
 
+def run_quietly(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command in its own process group; on a timeout, stop the whole group (DDP ranks included)
+    instead of waiting on a pipe that a left-over rank still holds."""
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(command[1:4])} … ran over {timeout} s:\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
 def train_py(tmp_path: Path, *arguments: str, multirun: bool = False) -> subprocess.CompletedProcess:
     command = [
         sys.executable,
@@ -49,8 +72,7 @@ def train_py(tmp_path: Path, *arguments: str, multirun: bool = False) -> subproc
         f"paths.log_dir={tmp_path / 'logs'}",
         f"paths.data_dir={tmp_path / 'data'}",
     ]
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return run_quietly(command)
 
 
 def compose_train(root: Path, *overrides: str, hydra: bool = False):
