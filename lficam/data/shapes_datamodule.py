@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -112,7 +113,8 @@ class ShapesDataModule(ClassificationDataModule):
         images, labels, masks = (torch.cat(p) for p in zip(*parts))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{torch.randint(1 << 30, ()).item()}")
+            # per-process name: DDP ranks share a seed, so a random suffix would collide
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
             torch.save({"images": images, "labels": labels, "masks": masks}, tmp)
             tmp.replace(path)  # atomic: concurrent ranks or sweep jobs never read half a file
         return images, labels, masks
