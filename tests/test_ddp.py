@@ -22,10 +22,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.plugins import TorchSyncBatchNorm
 from lightning.pytorch.strategies import DDPStrategy
 
+from lficam.distributed import _end_child_ranks, _requested_gpus, check_devices, job_command
 from lficam.errors import UserError
 from lficam.models import create_model
 from lficam.module import LitClassifier
-from lficam.train import _end_child_ranks, _requested_gpus, check_devices, job_command, run_task
+from lficam.train import run_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
