@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,25 @@ def subprocess_env() -> dict[str, str]:
     env["WANDB_MODE"] = "offline"
     env.pop("HYDRA_FULL_ERROR", None)
     return env
+
+
+def run_quietly(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command in its own process group; on a timeout, stop the whole group (DDP ranks included)
+    instead of waiting on a pipe that a left-over rank still holds."""
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(command[1:4])} … ran over {timeout} s:\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)

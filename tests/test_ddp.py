@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +25,7 @@ from lficam.errors import UserError
 from lficam.models import create_model
 from lficam.module import LitClassifier
 from lficam.train import run_task
+from tests.conftest import run_quietly
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -41,28 +40,6 @@ TINY = [
     "callbacks.model_summary=null",
     "callbacks.attention_overlays=null",
 ]
-
-
-def run_quietly(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run a command in its own process group; on a timeout, stop the whole group (DDP ranks included)
-    instead of waiting on a pipe that a left-over rank still holds."""
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"{' '.join(command[1:4])} … ran over {timeout} s:\n{stdout[-2000:]}\n{stderr[-2000:]}")
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def compose_train(root: Path, *overrides: str):

@@ -250,9 +250,11 @@ class DeletionAUC(_ModelMetric):
         super().__init__(**kwargs)
         self.pixels_per_step = pixels_per_step
 
+    auc = staticmethod(deletion_auc)
+
     def update(self, model: Model, images: Tensor, maps: Tensor, targets: Tensor | None = None) -> None:
         self._accumulate(
-            deletion_auc(
+            self.auc(
                 model, images, maps, targets, pixels_per_step=self.pixels_per_step, batch_size=self.batch_size
             )
         )
@@ -262,13 +264,7 @@ class InsertionAUC(DeletionAUC):
     """Mean :func:`insertion_auc` over images (flat maps left out). Higher is better."""
 
     higher_is_better = True
-
-    def update(self, model: Model, images: Tensor, maps: Tensor, targets: Tensor | None = None) -> None:
-        self._accumulate(
-            insertion_auc(
-                model, images, maps, targets, pixels_per_step=self.pixels_per_step, batch_size=self.batch_size
-            )
-        )
+    auc = staticmethod(insertion_auc)
 
 
 class AverageDrop(_ModelMetric):

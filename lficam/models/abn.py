@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from lficam.models.backbones import Backbone
 from lficam.models.heads import Classifier
+from lficam.models.init import he_init
 from lficam.models.output import ModelOutput, check_images
 
 
@@ -50,12 +51,7 @@ class ABNClassifier(Classifier):
         )
         self.fc = nn.Linear(channels, num_classes)
         for module in (self.attention_features, self.attention_scores, self.attention_map):
-            for m in module.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
+            he_init(module)
 
     def attention_branch(self, extracted: Tensor) -> tuple[Tensor, Tensor]:
         """g (B×C'×h×w) → (attention logits B×K, map M B×1×h×w)."""

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lficam.errors import UnknownNameError, UserError
+from lficam.models.init import he_init
 
 
 @dataclass(frozen=True)
@@ -56,17 +57,7 @@ class Backbone(nn.Module):
         for module in stage.modules():
             if isinstance(module, nn.Conv2d) and module.stride != (1, 1):
                 module.stride = (stride, stride)
-            _reset(module)
-        return stage
-
-
-def _reset(module: nn.Module) -> None:
-    if isinstance(module, nn.Conv2d):
-        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-        module.reset_running_stats()
+        return he_init(stage)
 
 
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}

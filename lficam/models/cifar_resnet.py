@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lficam.errors import UserError
 from lficam.models.backbones import Backbone, StageInfo, register_backbone
+from lficam.models.init import he_init
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -83,12 +84,7 @@ def cifar_resnet(depth: int, block: str = "auto") -> Backbone:
         stages.append(nn.Sequential(*blocks))
         info.append(StageInfo(cin, 2**i))
     backbone = Backbone(stem, stages, info, family="cifar")
-    for module in backbone.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+    he_init(backbone)
     return backbone
 
 

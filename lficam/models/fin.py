@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lficam.models.init import he_init
+
 
 class FeatureImportanceNetwork(nn.Module):
     """Maps C masked grey images to one importance weight per channel: w = softmax_k(GAP(FIN(M))_k).
@@ -22,12 +24,7 @@ class FeatureImportanceNetwork(nn.Module):
             if relu_every_layer or i % 2 == 1:
                 layers.append(nn.ReLU(inplace=True))
         self.body = nn.Sequential(*layers)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        he_init(self)
 
     def forward(self, masked: Tensor) -> Tensor:
         """masked: B×C×h×w → importance weights B×C (each row sums to 1)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lficam.models.init import he_init
+
 
 def lite_fin_width(channels: int, *, reduction: int = 8, min_width: int = 16) -> int:
     """Bottleneck width m = min(C, max(min_width, C // reduction)): 16, 32, 64, 256 for C = 64, 256, 512, 2048."""
@@ -55,12 +57,7 @@ class LiteFeatureImportanceNetwork(nn.Module):
         layers += [nn.Conv2d(m, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*layers)
         self.width = m
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        he_init(self)
 
     def forward(self, masked: Tensor) -> Tensor:
         """masked: B×C×h×w → importance weights B×C (each row sums to 1)."""
