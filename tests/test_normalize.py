@@ -61,3 +61,12 @@ def test_normalisations_run_in_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert minmax_channels(features).dtype == torch.float32
         assert minmax_spatial(features[:, :1]).dtype == torch.float32
+
+
+def test_minmax_unit_treats_float_ripples_as_flat():
+    ripples = torch.nn.functional.interpolate(torch.full((2, 1, 1, 1), 3.7), size=(16, 16), mode="bilinear")[
+        :, 0
+    ]
+    assert torch.equal(minmax_unit(ripples), torch.zeros(2, 16, 16))
+    real = torch.tensor([[[1.0, 1.0 + 1e-4]]])  # a real, if small, difference still counts
+    assert minmax_unit(real).tolist() == [[[0.0, 1.0]]]

@@ -35,3 +35,13 @@ def test_pointing_game_metric_averages_over_classes():
     for m, label in [(hit, 0), (hit, 0), (hit, 0), (miss, 1)]:
         metric.update(m, mask, torch.tensor([label]))
     assert metric.compute().item() == 0.5
+
+
+def test_an_upsampled_constant_map_is_flat_not_a_guess():
+    # A ResNet-50 at 32 px makes 1×1 maps; bilinear upsampling leaves float ripples of a few ulps
+    # (here up to ~1e-7 relative) that an exact max == min test would read as a location.
+    tiny = torch.full((4, 1, 1, 1), 3.7e-4)
+    maps = torch.nn.functional.interpolate(tiny, size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    masks = torch.zeros(4, 32, 32, dtype=torch.bool)
+    masks[:, 20:24, 20:24] = True
+    assert pointing_game(maps, masks, tolerance=2.0).tolist() == [0.0, 0.0, 0.0, 0.0]

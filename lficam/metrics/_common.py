@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from lficam.errors import UserError
+from lficam.models.normalize import is_flat, minmax_unit  # noqa: F401  (is_flat is re-used by the metrics)
 
 Model = Callable[[Tensor], object]
 
@@ -57,19 +58,7 @@ def maps_at_image_size(images: Tensor, maps: Tensor) -> Tensor:
 
 def minmax(maps: Tensor) -> Tensor:
     """s(L) = (L − min L) / (max L − min L) per image into [0, 1], in float32; a flat map gives all zeros."""
-    m = maps.float()
-    flat = m.flatten(1)
-    shape = (m.shape[0],) + (1,) * (m.ndim - 1)
-    lo = flat.amin(dim=1).view(shape)
-    span = flat.amax(dim=1).view(shape) - lo
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (m - lo) / safe, torch.zeros_like(m))
-
-
-def is_flat(maps: Tensor) -> Tensor:
-    """B booleans: the map has one value everywhere (it points nowhere)."""
-    flat = maps.flatten(1)
-    return flat.amax(dim=1) == flat.amin(dim=1)
+    return minmax_unit(maps.float())
 
 
 def logits_of(output: object) -> Tensor:

@@ -28,7 +28,7 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = 15.0) -> Tenso
     pixels of the object, else 0.0.
 
     hit_i = 1[min_{p ∈ mask_i} ‖argmax(map_i) − p‖₂ ≤ tolerance]
-    The maximum is the first one in raster order. The reference tolerance is 15 px at 224×224: pass
+    The maximum is the first one in raster order; a map flat up to float rounding (:func:`is_flat`) is flat. The reference tolerance is 15 px at 224×224: pass
     ``15 * side / 224`` for other image sizes (the training module does). A flat map (max = min) points
     nowhere and is a miss (0.0); an empty mask gives NaN.
     Higher is better.
@@ -43,7 +43,7 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = 15.0) -> Tenso
     near = (ys - py.view(b, 1, 1)) ** 2 + (xs - px.view(b, 1, 1)) ** 2 <= tolerance**2
     mask = masks.bool()
     hit = (near & mask).flatten(1).any(dim=1).float()
-    flat_map = flat.amax(dim=1) == flat.amin(dim=1)
+    flat_map = is_flat(maps)
     hit = torch.where(flat_map, torch.zeros_like(hit), hit)
     return torch.where(mask.flatten(1).any(dim=1), hit, torch.full_like(hit, float("nan")))
 

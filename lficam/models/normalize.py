@@ -50,11 +50,23 @@ def minmax_spatial(maps: Tensor) -> Tensor:
         return torch.where(constant, s, normalised)
 
 
+#: A map whose range is within this fraction of its magnitude is flat: bilinear upsampling of a constant map
+#: leaves ripples of a few float32 ulps (up to ~3e-7 relative), which must not read as a location.
+FLAT_TOLERANCE = 1e-6
+
+
+def is_flat(maps: Tensor) -> Tensor:
+    """B booleans: the map has one value everywhere, up to float rounding (max − min ≤ 1e-6 · max |value|)."""
+    flat = maps.flatten(1).float()
+    hi, lo = flat.amax(dim=1), flat.amin(dim=1)
+    return (hi - lo) <= FLAT_TOLERANCE * torch.maximum(hi.abs(), lo.abs())
+
+
 def minmax_unit(maps: Tensor) -> Tensor:
     """s(L) = (L − min L) / (max L − min L) per sample, always in [0, 1]: a constant map gives zeros.
 
-    This is the s(·) of the post-hoc CAM formulas and of displayed maps, where a flat map carries no
-    location and must not look like one.
+    This is the s(·) of the post-hoc CAM formulas and of displayed maps, where a flat map (see
+    :func:`is_flat`) carries no location and must not look like one.
     """
     with torch.autocast(maps.device.type, enabled=False):
         m = _float32(maps)
@@ -62,4 +74,5 @@ def minmax_unit(maps: Tensor) -> Tensor:
         shape = (m.shape[0],) + (1,) * (m.ndim - 1)
         lo = flat.amin(dim=1).view(shape)
         span = flat.amax(dim=1).view(shape) - lo
-        return torch.where(span > 0, (m - lo) / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
+        varies = ~is_flat(m).view(shape)
+        return torch.where(varies, (m - lo) / torch.where(varies, span, torch.ones_like(span)), 0.0)
