@@ -17,6 +17,7 @@ raw maps at the target layer's resolution (B×h×w). Everything else lives here:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ def record(layer: nn.Module, *, with_grad: bool = False, stop: bool = False) -> 
         handle.remove()
 
 
-class CAMMethod:
+class CAMMethod(ABC):
     """Base of every post-hoc CAM: ``cam(x, targets=None, raw=False) -> Tensor``.
 
     model: any classifier returning logits, a ``ModelOutput`` or a tuple starting with the logits.
@@ -163,9 +164,9 @@ class CAMMethod:
             return maps
         return minmax_unit(upsample(maps, tuple(x.shape[-2:])))
 
+    @abstractmethod
     def compute(self, x: Tensor, targets: Tensor | int | Sequence[int] | None, **inputs: Any) -> Tensor:
         """Raw maps (B×h×w) at the target layer's resolution; runs isolated, under no_grad."""
-        raise NotImplementedError
 
     # Helpers for the methods ------------------------------------------------------------------------
 

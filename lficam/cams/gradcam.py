@@ -22,7 +22,10 @@ class GradientCAM(CAMMethod):
         return F.relu(weighted_sum(self.channel_weights(activation, gradient), activation))
 
     def channel_weights(self, activation: Tensor, gradient: Tensor) -> Tensor:
-        raise NotImplementedError
+        """B×C weights of the channels from the activation and the gradient of the class score (B×C×h×w).
+
+        Channel-weighting methods override this; element-wise ones (LayerCAM) override :meth:`map_from`."""
+        raise TypeError(f"{type(self).__name__} defines neither channel_weights nor map_from.")
 
 
 class GradCAM(GradientCAM):
