@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from lficam.data.base import first_items
 from lficam.models.output import ModelOutput
 from lficam.viz import overlay, save_overlay_grid
 
@@ -50,8 +51,7 @@ class AttentionOverlays(pl.Callback):
         dataset = getattr(datamodule, "val_set", None)
         if dataset is None or len(dataset) == 0:
             return None
-        items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
-        return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        return first_items(dataset, self.num_images)
 
     @staticmethod
     def _predict(pl_module: pl.LightningModule, images: Tensor) -> ModelOutput:

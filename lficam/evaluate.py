@@ -22,9 +22,10 @@ from torch import Tensor, nn
 
 from lficam import cams as cam_methods
 from lficam import metrics as M
+from lficam.data.base import first_items
 from lficam.errors import UserError
 from lficam.loading import load, read_checkpoint
-from lficam.models.output import ModelOutput
+from lficam.module import upsample_maps
 
 log = logging.getLogger("lficam")
 
@@ -75,10 +76,7 @@ def build_test_data(data_config: dict[str, Any], data_dir: str | None, overrides
 
 def first_test_images(datamodule: Any, count: int) -> dict[str, Tensor]:
     """The first ``count`` test images as one batch: the same images, by index, for every model and run."""
-    dataset = datamodule.test_set
-    count = min(count, len(dataset))
-    items = [dataset[i] for i in range(count)]
-    return {key: torch.stack([torch.as_tensor(item[key]) for item in items]) for key in items[0]}
+    return first_items(datamodule.test_set, count)
 
 
 # ------------------------------------------------------------------------------------------- computing
@@ -111,16 +109,9 @@ def accuracy_on_test_split(
 
 def own_maps(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
     """The model's own attention maps, upsampled bilinearly to the images' size (B×H×W in [0, 1])."""
-    maps = []
+    size = tuple(images.shape[-2:])
     with torch.no_grad():
-        for chunk in images.split(batch_size):
-            attention = model(chunk).attention.float()
-            maps.append(
-                F.interpolate(
-                    attention.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False
-                ).squeeze(1)
-            )
-    return torch.cat(maps)
+        return torch.cat([upsample_maps(model(chunk).attention, size) for chunk in images.split(batch_size)])
 
 
 def method_maps(name: str, model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
@@ -181,9 +172,8 @@ def map_quality(
 
 
 def _nanmean(values: Tensor) -> float:
-    values = values.float()
-    valid = ~values.isnan()
-    return float(values[valid].mean()) if valid.any() else float("nan")
+    """Mean over images with undefined (NaN) values left out; NaN when none is defined."""
+    return float(values.float().nanmean())
 
 
 # ------------------------------------------------------------------------------------------- reporting
@@ -384,9 +374,11 @@ def evaluate_stability(cfg: DictConfig) -> dict[str, Any]:
     iou = torch.full((n, n), float("nan"))
     rho = torch.full((n, n), float("nan"))
     for i in range(n):
-        for j in range(n):
-            iou[i, j] = _nanmean(M.map_iou(runs[i]["maps"], runs[j]["maps"], threshold=options.threshold))
-            rho[i, j] = _nanmean(M.rank_correlation(runs[i]["maps"], runs[j]["maps"]))
+        for j in range(i, n):  # both measures are symmetric: each pair once, mirrored
+            iou[i, j] = iou[j, i] = _nanmean(
+                M.map_iou(runs[i]["maps"], runs[j]["maps"], threshold=options.threshold)
+            )
+            rho[i, j] = rho[j, i] = _nanmean(M.rank_correlation(runs[i]["maps"], runs[j]["maps"]))
     groups: dict[str, dict[str, float]] = {}
     for kind in sorted({r["attention"] for r in runs}):
         members = [i for i, r in enumerate(runs) if r["attention"] == kind]
@@ -475,7 +467,3 @@ def run_eval(cfg: DictConfig) -> dict[str, Any] | None:
     except UserError as error:
         log.error("%s", error)
         raise SystemExit(2) from None
-
-
-def model_output(model: nn.Module, x: Tensor) -> ModelOutput:
-    return model(x)

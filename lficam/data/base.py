@@ -48,6 +48,13 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
+def first_items(dataset: Dataset, count: int) -> dict[str, Tensor]:
+    """The first ``count`` items of a split stacked into one batch: the same images, by index, every time
+    (fixed probe sets for overlays, evaluation and cross-run stability)."""
+    items = [dataset[i] for i in range(min(count, len(dataset)))]
+    return {key: torch.stack([torch.as_tensor(item[key]) for item in items]) for key in items[0]}
+
+
 class ClassificationDataModule(pl.LightningDataModule):
     """Shared loaders and metadata; subclasses build ``self.train_set``, ``self.val_set``, ``self.test_set``."""
 
