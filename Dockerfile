@@ -22,10 +22,11 @@ RUN python -m pip install ${TORCH_PINS}
 
 COPY pyproject.toml README.md ./
 COPY lficam ./lficam
+# before the install: lficam/conf links to conf/, and the wheel carries the configs (lficam-train etc.)
+COPY conf ./conf
 # the runtime extras (no test tools); the pins again so that pip never swaps torch
 RUN python -m pip install ".[wandb,tensorboard,export,sweep]" ${TORCH_PINS}
 
-COPY conf ./conf
 COPY *.py ./
 
 RUN useradd --create-home --uid 1000 lficam && mkdir -p data outputs && chown -R lficam /app
