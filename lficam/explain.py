@@ -5,15 +5,17 @@
 Loads a checkpoint written by ``python train.py``, reads the images with PIL, resizes them to the
 training image size, normalises them as the training data were, and writes one picture per image: the
 image, the model's own attention map (``own``) and each post-hoc CAM side by side, with the predicted class
-and its probability in the title. Options and their defaults: ``conf/explain.yaml``. The output folder is
-printed at the end. A user's mistake (a missing image, an unknown method, a checkpoint that is not ours)
-ends with one sentence and exit code 2.
+and its probability in the title. Options and their defaults: ``conf/explain.yaml`` (shipped in the package as
+``lficam.conf``); ``lficam-explain`` is the same command. The output folder is printed at the end. A user's
+mistake (a missing image, an unknown method, a checkpoint that is not ours, an image larger than
+``max_image_pixels``) ends with one sentence and exit code 2 (:mod:`lficam.cli`).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,38 +27,13 @@ from torch import Tensor, nn
 from lficam import cams
 from lficam.errors import UnknownNameError, UserError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 OWN = "own"
 # What a checkpoint that carries no data settings gets: the synthetic shapes' normalisation.
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.25, 0.25, 0.25)
 DEFAULT_SIZE = {"cifar": 32, "imagenet": 224}
-
-
-def load_config(argv: Sequence[str]) -> DictConfig:
-    """``conf/explain.yaml`` with ``key=value`` overrides (Hydra's override grammar: ``images=[a.png,b.png]``)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    if not (CONFIG_DIR / "explain.yaml").is_file():
-        raise UserError(
-            f"The explain config is missing: expected {CONFIG_DIR / 'explain.yaml'}; reinstall lficam."
-        )
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("explain", overrides=list(argv))
-    except (HydraException, OmegaConfBaseException) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(
-            f"Cannot use the arguments {' '.join(argv)!r} ({first_line}); write them as key=value, "
-            "e.g. ckpt_path=run/best.ckpt images=[a.png,b.png] methods=[own,gradcam]."
-        ) from None
-    if OmegaConf.is_missing(cfg, "ckpt_path"):
-        raise UserError(
-            "No checkpoint given: add ckpt_path=<run>/checkpoints/<name>.ckpt (written by python train.py)."
-        )
-    return cfg
+# PIL's own guard against decompression bombs (Image.MAX_IMAGE_PIXELS), the default of max_image_pixels
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 def _as_list(value: Any, key: str) -> list[str]:
@@ -94,8 +71,12 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return net, stored
 
 
-def read_images(paths: list[str], size: int) -> Tensor:
-    """N×3×size×size in [0, 1]: each file read with PIL, converted to RGB and resized (bilinear) to a square."""
+def read_images(paths: list[str], size: int, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Tensor:
+    """N×3×size×size in [0, 1]: each file read with PIL, converted to RGB and resized (bilinear) to a square.
+
+    A file whose header declares more than ``max_pixels`` pixels (None: no limit) is refused before it is
+    decoded: a small PNG can unpack into gigabytes.
+    """
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
@@ -109,14 +90,49 @@ def read_images(paths: list[str], size: int) -> Tensor:
                 f"Image {name!r} does not exist: check the path (relative paths start at {Path.cwd()})."
             )
         try:
-            with Image.open(path) as image:
+            with _pil_pixel_guard_off(), Image.open(path) as image:
+                _check_pixels(name, image.size, max_pixels)
                 rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        except UserError:
+            raise
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise UserError(
                 f"Image {name!r} cannot be read as a picture ({type(error).__name__}): give a PNG or JPEG file."
             ) from None
         tensors.append(torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1))
     return torch.stack(tensors).float() / 255
+
+
+def _check_pixels(name: str, size: tuple[int, int], max_pixels: int | None) -> None:
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise UserError(
+            f"Image {name!r} has {width}×{height} = {width * height:,} pixels, more than "
+            f"max_image_pixels={max_pixels} (a guard against decompression bombs): if you trust the file, raise "
+            f"the limit, e.g. max_image_pixels={width * height}, or lift it with max_image_pixels=null."
+        )
+
+
+@contextmanager
+def _pil_pixel_guard_off() -> Iterator[None]:
+    """PIL's own check (a warning above its limit, DecompressionBombError above twice that) off while
+    :func:`_check_pixels` applies ours, which says how to lift it."""
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _max_pixels(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"max_image_pixels must be a positive whole number or null, got {value!r}.")
+    return value
 
 
 def _triple(value: Any, key: str) -> tuple[float, float, float]:
@@ -154,7 +170,7 @@ def explain(cfg: DictConfig) -> Path:
         raise UserError(f"image_size must be a whole number of pixels of at least 8, got {size!r}.")
     mean = _triple(cfg.mean if cfg.mean is not None else stored.get("mean", DEFAULT_MEAN), "mean")
     std = _triple(cfg.std if cfg.std is not None else stored.get("std", DEFAULT_STD), "std")
-    images = read_images(image_paths, size)
+    images = read_images(image_paths, size, _max_pixels(cfg.get("max_image_pixels", MAX_IMAGE_PIXELS)))
 
     device = _device(str(cfg.device))
     net = net.to(device)
@@ -192,22 +208,34 @@ def explain(cfg: DictConfig) -> Path:
         c = int(predicted[i])
         label = class_names[c] if class_names else f"class {c}"
         title = f"{Path(name).name}: {label} ({probs[i, c]:.2f})"
-        save_side_by_side(out_dir / file, images[i], {k: v[i].cpu() for k, v in maps.items()}, title)
+        try:
+            save_side_by_side(out_dir / file, images[i], {k: v[i].cpu() for k, v in maps.items()}, title)
+        except OSError as error:
+            from lficam.cli import os_error_reason
+
+            raise UserError(
+                f"Cannot write the pictures into output_dir={str(out_dir)!r} ({os_error_reason(error)}): "
+                "choose a folder you can write."
+            ) from None
+    return out_dir
+
+
+def run_explain(cfg: DictConfig) -> Path:
+    """Hydra task body of ``python -m lficam.explain`` / ``lficam-explain``: write the pictures, print the folder."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise UserError(
+            "No checkpoint given: add ckpt_path=<run>/checkpoints/<name>.ckpt (written by python train.py)."
+        )
+    out_dir = explain(cfg)
+    print(out_dir)
     return out_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    try:
-        out_dir = explain(load_config(argv))
-    except UserError as error:
-        print(f"Error: {error}", file=sys.stderr)
-        return 2
-    print(out_dir)
-    return 0
+    """The command line (``key=value`` overrides of ``conf/explain.yaml``); returns the exit code."""
+    from lficam.cli import explain as explain_command
+
+    return explain_command(argv)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ input size and normalisation; :func:`lficam.load` rebuilds the model from it). O
 normalised B×3×H×W float images (B is free) and return the tuple ``(logits, attention)``: B×K scores and the
 B×h×w map in [0, 1]. After writing, the export is run on a batch of another size than the one it was traced
 with, and the largest absolute difference to the PyTorch model is printed (and must stay below ``tolerance``).
+
+The options and their defaults live once, in :class:`ExportOptions`: the command line (``conf/export.yaml``, a
+Hydra app like the others: ``lficam-export`` is the same command) and :func:`export`'s keyword defaults use it.
 """
 
 from __future__ import annotations
@@ -15,29 +18,45 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import sys
+import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from lficam.errors import UnknownNameError, UserError
 from lficam.loading import METADATA_KEY, load
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
-OPTIONS: dict[str, Any] = {
-    "ckpt_path": None,  # a .ckpt of a run, or a .safetensors export
-    "format": "onnx",
-    "output": None,  # default: next to the checkpoint, with the format's suffix
-    "batch_size": 2,  # the batch size of the example the model is traced with
-    "check_batch_size": 3,  # another batch size, to show that the batch axis is dynamic
-    "image_size": None,  # default: the training data's size from the checkpoint, else 32 (CIFAR) / 224
-    "opset": 18,
-    "tolerance": 1e-4,  # the largest absolute difference to PyTorch accepted, relative to max(1, |logits|)
-}
+
+
+@dataclass
+class ExportOptions:
+    """The options of ``python -m lficam.export key=value ...`` and their defaults (the schema of
+    ``conf/export.yaml``; Hydra checks each value's type)."""
+
+    ckpt_path: str | None = None  # a .ckpt of a run, or a .safetensors export (required)
+    format: str = "onnx"  # onnx, torchscript or safetensors
+    output: str | None = None  # default: next to the checkpoint, with the format's suffix
+    batch_size: int = 2  # the batch size of the example the model is traced with
+    check_batch_size: int = 3  # another batch size, to show that the batch axis is dynamic
+    image_size: int | None = (
+        None  # default: the training data's size from the checkpoint, else 32 (CIFAR) / 224
+    )
+    opset: int = 18
+    tolerance: float = (
+        1e-4  # the largest absolute difference to PyTorch accepted, relative to max(1, |logits|)
+    )
+
+
+ConfigStore.instance().store(name="export_options", node=ExportOptions)
 
 
 class InferenceModel(nn.Module):
@@ -159,14 +178,14 @@ def _run_safetensors(path: Path, images: Tensor) -> tuple[Tensor, Tensor]:
 
 def export(
     ckpt_path: str | Path,
-    format: str = "onnx",
-    output: str | Path | None = None,
+    format: str = ExportOptions.format,
+    output: str | Path | None = ExportOptions.output,
     *,
-    batch_size: int = 2,
-    check_batch_size: int = 3,
-    image_size: int | None = None,
-    opset: int = 18,
-    tolerance: float = 1e-4,
+    batch_size: int = ExportOptions.batch_size,
+    check_batch_size: int = ExportOptions.check_batch_size,
+    image_size: int | None = ExportOptions.image_size,
+    opset: int = ExportOptions.opset,
+    tolerance: float = ExportOptions.tolerance,
 ) -> ExportReport:
     """Write the model of ``ckpt_path`` in ``format`` and check it against PyTorch on a batch of
     ``check_batch_size`` random images (a size other than the traced ``batch_size``)."""
@@ -183,7 +202,7 @@ def export(
     path = Path(output) if output else Path(ckpt_path).with_suffix(FORMATS[format])
     if path.resolve() == Path(ckpt_path).resolve():
         raise UserError(f"output={str(path)!r} would overwrite the checkpoint; choose another output path.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path)
 
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(batch_size, 3, size, size, generator=generator)
@@ -220,39 +239,44 @@ def export(
     return report
 
 
-def parse_options(argv: list[str]) -> dict[str, Any]:
-    """``key=value`` arguments (YAML values, as Hydra overrides) over :data:`OPTIONS`."""
-    import yaml
+def check_writable(path: Path) -> None:
+    """Refuse, in one sentence, an output whose folder cannot be made or written (before anything is traced).
+    A file is created and removed to find out: permission bits alone do not say it (root ignores them, and a
+    read-only file system or a file where a folder should be refuses anyway)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        from lficam.cli import os_error_reason
 
-    options = dict(OPTIONS)
-    for argument in argv:
-        key, sep, value = argument.partition("=")
-        if not sep:
-            raise UserError(
-                f"Expected key=value arguments, got {argument!r}; e.g. ckpt_path=run/last.ckpt format=onnx."
-            )
-        if key not in OPTIONS:
-            raise UserError(f"Unknown export option {key!r}: choose among {', '.join(OPTIONS)}.")
-        options[key] = yaml.safe_load(value) if value else None
-        if key in ("ckpt_path", "output", "format") and options[key] is not None:
-            options[key] = str(options[key])  # a path like 2024 or true stays a path
+        raise UserError(
+            f"Cannot write the export {str(path)!r} ({os_error_reason(error)}): choose an output=<file> in "
+            "a folder you can write."
+        ) from None
+
+
+def run_export(cfg: DictConfig) -> ExportReport:
+    """Hydra task body of ``python -m lficam.export`` / ``lficam-export``: export, check, print the report."""
+    given: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    # only the options (a +key=value the user added is warned about by the command line, never passed on)
+    options = {f.name: given[f.name] for f in fields(ExportOptions)}
     if not options["ckpt_path"]:
         raise UserError(
             "No checkpoint given: pass ckpt_path=<run>/checkpoints/last.ckpt (or a .safetensors file)."
         )
-    return options
+    report = export(options.pop("ckpt_path"), options.pop("format"), options.pop("output"), **options)
+    print(report)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        options = parse_options(sys.argv[1:] if argv is None else argv)
-        report = export(options.pop("ckpt_path"), options.pop("format"), options.pop("output"), **options)
-    except UserError as error:
-        print(f"Error: {error}", file=sys.stderr)
-        return 2
-    print(report)
-    return 0
+    """The command line (``key=value`` overrides of :class:`ExportOptions`); returns the exit code."""
+    from lficam.cli import export as export_command
+
+    return export_command(argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

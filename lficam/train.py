@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from lficam.distributed import check_devices, ranks_join_this_run
 from lficam.errors import UserError
 from lficam.loading import check_compatible, model_config_of_checkpoint, read_checkpoint
 from lficam.models import count_parameters, create_model
-from lficam.sweeps import failed_sweep_job
 
 log = logging.getLogger("lficam")
 
@@ -183,7 +181,8 @@ def print_summary(metrics: dict[str, float], run_dir: str | Path) -> None:
 
 
 def quiet_known_warnings() -> None:
-    """Silence advice that does not apply to our data modules (in-memory data needs no workers)."""
+    """Silence advice that does not apply to our data modules (in-memory data needs no workers), and
+    Lightning's advertising tips (litlogger, litmodels) that it prints when a Trainer is built."""
     for pattern in (
         ".*does not have many workers.*",
         ".*The number of training batches.*",
@@ -191,35 +190,37 @@ def quiet_known_warnings() -> None:
         ".*LeafSpec.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: … try installing litlogger / litmodels" lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).lstrip().startswith("💡 Tip:")
 
 
 def run_task(cfg: DictConfig) -> float | None:
-    """Hydra task body: train, print the summary, and turn a user's mistake into one sentence."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    """Hydra task body of ``train.py`` and ``lficam-train``: train, print the summary and the run folder, and
+    return the metric a sweep optimises. :func:`lficam.cli.guarded` turns a user's mistake into one sentence
+    (exit code 2), closes W&B, and on Ctrl-C says which checkpoint resumes the run (exit code 130)."""
+    from lficam.cli import guarded
 
     quiet_known_warnings()
-    run_dir = cfg.paths.output_dir
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    try:
-        metrics = train(cfg)
-    except UserError as error:
-        log.error("%s (the run folder %s keeps what was written before this error)", error, run_dir)
-        if multirun:  # one failed trial must not end the sweep
-            return failed_sweep_job(error)
-        raise SystemExit(2) from None
-    except Exception as error:
-        if not multirun:
-            raise
-        # a bug or a crash in one job of a sweep: its traceback goes to the job's log, the sweep goes on
-        log.exception("This sweep job failed; the sweep goes on (run folder %s).", run_dir)
-        return failed_sweep_job(error)
-    finally:
-        _close_wandb()
+    return guarded(
+        lambda: _train_and_report(cfg), run_dir=cfg.paths.output_dir, on_interrupt=lambda: resume_hint(cfg)
+    )
+
+
+def _train_and_report(cfg: DictConfig) -> float | None:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+    metrics = train(cfg)
     if rank_zero_only.rank == 0:  # one summary, not one per DDP rank
-        print_summary(metrics, run_dir)
+        print_summary(metrics, cfg.paths.output_dir)
     name = cfg.get("optimized_metric")
     if name:
         if name not in metrics:
@@ -228,8 +229,23 @@ def run_task(cfg: DictConfig) -> float | None:
     return None
 
 
-def _close_wandb() -> None:
+def last_checkpoint(cfg: DictConfig) -> Path:
+    """Where the run writes the checkpoint that resumes it: ``callbacks.last_checkpoint``'s file, else
+    ``<run>/checkpoints/last.ckpt``."""
+    node = (cfg.get("callbacks") or {}).get("last_checkpoint") or {}
+    folder = node.get("dirpath") or Path(cfg.paths.output_dir, "checkpoints")
+    return Path(folder, f"{node.get('filename') or 'last'}.ckpt")
 
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+
+def resume_hint(cfg: DictConfig) -> str:
+    """What Ctrl-C prints: the ``ckpt_path=`` that resumes the run, or that there is none yet."""
+    last = last_checkpoint(cfg)
+    if last.is_file():
+        return (
+            f"Interrupted; resume from the last complete epoch with the same command and ckpt_path={last} "
+            f"(run folder {cfg.paths.output_dir})."
+        )
+    return (
+        f"Interrupted before the first epoch ended, so no checkpoint was written ({last} does not exist): "
+        f"there is nothing to resume; start the run again (run folder {cfg.paths.output_dir})."
+    )
