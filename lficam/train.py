@@ -177,7 +177,8 @@ def print_summary(metrics: dict[str, float], run_dir: str | Path) -> None:
             table.add_row(key, f"{metrics[key]:.4f}")
     console = Console()
     console.print(table)
-    console.print(f"Run folder: {run_dir}")
+    # not wrapped at the terminal's width: a path to copy
+    console.print(f"Run folder: {run_dir}", soft_wrap=True, highlight=False)
 
 
 def quiet_known_warnings() -> None:
