@@ -24,6 +24,7 @@ shell's convention). ``HYDRA_FULL_ERROR=1`` shows the traceback of a config erro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -201,7 +202,8 @@ def guarded(
         message = None if user_full_error == "1" else user_message(error)
         if message is None:  # a bug: its traceback is kept (in a sweep, in the job's log)
             if not multirun:
-                error._lficam_bug = True  # type: ignore[attr-defined]
+                with contextlib.suppress(AttributeError):  # run() lets it through with its traceback
+                    error._lficam_bug = True  # type: ignore[attr-defined]
                 raise
             log.exception("This sweep job failed; the sweep goes on (run folder %s).", run_dir)
             return failed_sweep_job(error)
