@@ -24,7 +24,6 @@ shell's convention). ``HYDRA_FULL_ERROR=1`` shows the traceback of a config erro
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -74,7 +73,7 @@ def run(app: Callable[[], Any], argv: Sequence[str] | None = None, phrase: Phras
         print("Interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:
-        if _user_full_error[-1] == "1" or getattr(error, "_lficam_bug", False):
+        if _user_full_error[-1] == "1":
             raise
         message = (phrase(error, args) if phrase else None) or startup_message(error)
         if message is None:
@@ -195,6 +194,7 @@ def guarded(
     multirun = _multirun()
     user_full_error = _user_full_error[-1] if _user_full_error else os.environ.get(_FULL_ERROR)
     _set_full_error(user_full_error)  # the task's own subprocesses (DDP ranks) see the user's setting
+    bug = False
     try:
         warn_unread_overrides()
         return body()
@@ -202,8 +202,7 @@ def guarded(
         message = None if user_full_error == "1" else user_message(error)
         if message is None:  # a bug: its traceback is kept (in a sweep, in the job's log)
             if not multirun:
-                with contextlib.suppress(AttributeError):  # run() lets it through with its traceback
-                    error._lficam_bug = True  # type: ignore[attr-defined]
+                bug = True  # Hydra prints it as it always has (its traceback, exit code 1)
                 raise
             log.exception("This sweep job failed; the sweep goes on (run folder %s).", run_dir)
             return failed_sweep_job(error)
@@ -221,7 +220,7 @@ def guarded(
         raise SystemExit(EXIT_INTERRUPTED) from None
     finally:
         close_wandb()
-        if _user_full_error:
+        if _user_full_error and not bug:  # what Hydra raises after the task (a later job's config) is run()'s
             _set_full_error("1")
 
 
