@@ -4,6 +4,7 @@ and exit code 2, the folder untouched; the lock of a killed run is gone at once;
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,12 +88,15 @@ def test_train_py_into_a_folder_in_use_exits_2_and_leaves_the_folder_as_it_was(t
         holder.kill()
         holder.wait()
     assert done.returncode == 2, done.stderr[-3000:]
-    assert done.stderr.strip() == (
-        f"The run folder {str(folder)!r} is in use by another run (process {holder.pid} on "
-        + done.stderr.split(f"process {holder.pid} on ", 1)[1].split(")", 1)[0]
-        + "); start this run in a folder of its own (leave out hydra.run.dir or choose another one), or wait "
-        "until that run has ended."
-    )
+    assert re.fullmatch(
+        re.escape(f"The run folder {str(folder)!r} is in use by another run (process {holder.pid} on ")
+        + r"[^,]+, started [0-9: -]+"
+        + re.escape(
+            "); start this run in a folder of its own (leave out hydra.run.dir or choose another one), or wait "
+            "until that run has ended."
+        ),
+        done.stderr.strip(),
+    ), done.stderr[-3000:]
     assert done.stdout == ""
     left = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {run_folder.LOCK_FILE}
     assert left == set(files)

@@ -69,6 +69,7 @@ def _nothing_written(folder: Path) -> None:
             "optimizer.* value it names.",
         ),
     ],
+    ids=lambda value: value if "=" in value and " " not in value else "",
 )
 def test_values_no_training_can_use_are_one_sentence_before_anything_is_built(
     override: str, sentence: str, tmp_path: Path
