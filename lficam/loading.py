@@ -105,9 +105,12 @@ def check_compatible(
     option: str = "ckpt_path",
 ) -> None:
     """Refuse to resume, evaluate or start from (``option``) a checkpoint of a model configured differently:
-    another backbone, head, class count or any architecture option (the FIN variant, the ReLU layout …)."""
+    another backbone, head, class count or architecture option (the FIN variant, the ReLU layout …).
+
+    An option that only one side names (a checkpoint written before the option existed) is left to
+    :func:`check_weights_fit`: its default may well be the other side's value."""
     keys = ("backbone", "attention", "num_classes")
-    keys += tuple(sorted((set(checkpoint_config) | set(configured)) - set(keys) - _NOT_ARCHITECTURE))
+    keys += tuple(sorted((set(checkpoint_config) & set(configured)) - set(keys) - _NOT_ARCHITECTURE))
     differ = [k for k in keys if checkpoint_config.get(k) != configured.get(k)]
     if differ:
         was = ", ".join(f"{k}={checkpoint_config.get(k)!r}" for k in differ)

@@ -138,8 +138,8 @@ def start_from_checkpoint(cfg: DictConfig, module: Any, run_dir: str | Path) -> 
     ckpt_path, init_from = cfg.get("ckpt_path"), cfg.get("init_from")
     if ckpt_path and init_from:
         raise UserError(
-            f"ckpt_path={ckpt_path} resumes that run (its optimiser, schedule and epoch) and init_from={init_from} "
-            "starts a new run from a checkpoint's weights; give only one of them."
+            f"ckpt_path={ckpt_path} resumes that run (its optimiser, schedule and epoch) and "
+            f"init_from={init_from} starts a new run from a checkpoint's weights; give only one of them."
         )
     model_config = module.hparams.model_config
     if init_from:

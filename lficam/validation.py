@@ -36,9 +36,10 @@ def check_config(cfg: DictConfig) -> None:
         _check_count(data, "batch_size", "is not a number of images per training batch")
     if data.get("eval_batch_size") is not None:
         _check_count(data, "eval_batch_size", "is not a number of images per evaluation batch")
-    if "train_size" in data:
+    fits = cfg.get("train", True)
+    if fits and "train_size" in data:
         _check_count(data, "train_size", "leaves nothing to train on")
-    if "val_size" in data:
+    if fits and "val_size" in data:
         _check_count(
             data, "val_size", "leaves no validation images, which choose the best checkpoint (val/acc)"
         )
@@ -66,9 +67,10 @@ def _check_optimizer(optimizer: DictConfig) -> None:
 
 
 def check_data(datamodule: pl.LightningDataModule, cfg: DictConfig, processes: int = 1) -> None:
-    """After ``datamodule.setup("fit")``: at least one training batch for each of ``processes`` DDP processes
-    (each gets ⌈n / processes⌉ images) when incomplete batches are dropped, and some validation images."""
-    if not hasattr(datamodule, "train_dataloader"):
+    """For a fit (``train=true``), after ``datamodule.setup("fit")``: at least one training batch for each of
+    ``processes`` DDP processes (each gets ⌈n / processes⌉ images) when incomplete batches are dropped, and
+    some validation images."""
+    if not cfg.get("train", True) or not hasattr(datamodule, "train_dataloader"):
         return
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
@@ -82,7 +84,8 @@ def check_data(datamodule: pl.LightningDataModule, cfg: DictConfig, processes: i
     if loader.drop_last and loader.batch_size and each < loader.batch_size:
         share = f"the {images} training images{named}"
         if processes > 1:
-            share = f"the {each} training images that each of the {processes} DDP processes gets ({images}{named})"
+            share = f"the {each} training images that each of the {processes} DDP processes gets of {images}"
+            share += named
         raise UserError(
             f"data.batch_size={loader.batch_size} is more than {share}, and incomplete training batches are "
             f"dropped, so not one training step would run: use data.batch_size={each} or less, or more "

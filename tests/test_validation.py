@@ -103,8 +103,8 @@ def test_each_ddp_process_needs_a_whole_batch(tmp_path: Path) -> None:
     with pytest.raises(UserError) as error:
         check_data(data, cfg, processes=2)
     assert str(error.value) == (
-        "data.batch_size=16 is more than the 12 training images that each of the 2 DDP processes gets (24 "
-        "(data.train_size=24)), and incomplete training batches are dropped, so not one training step would "
+        "data.batch_size=16 is more than the 12 training images that each of the 2 DDP processes gets of 24 "
+        "(data.train_size=24), and incomplete training batches are dropped, so not one training step would "
         "run: use data.batch_size=12 or less, or more training images."
     )
     check_data(data, cfg, processes=1)  # 24 images, one batch of 16: trains
