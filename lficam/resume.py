@@ -103,8 +103,8 @@ def resume_banner(checkpoint: dict[str, Any], cfg: DictConfig, path: str | Path)
     lr = groups[0].get("lr")
     line = (
         f"Resuming {str(path)!r} (saved in epoch {checkpoint.get('epoch')}, step {resume_step(checkpoint)}): "
-        f"the weights, the optimiser state (learning rate {lr:g} now), the scheduler state, the epoch and step "
-        f"counters and the best checkpoint{_best_score(checkpoint)} come from it"
+        f"the weights, the optimiser state (learning rate {float(lr):g} now), the scheduler state, the epoch "
+        f"and step counters and the best checkpoint{_best_score(checkpoint)} come from it"
         if lr is not None
         else f"Resuming {str(path)!r}: the weights, the optimiser and scheduler states, the epoch and step "
         f"counters and the best checkpoint{_best_score(checkpoint)} come from it"
