@@ -7,6 +7,8 @@ and keeps its traceback.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 
 class UserError(ValueError):
@@ -25,4 +27,30 @@ class UnknownNameError(UserError, KeyError):
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+    """Training produced a NaN or infinite loss; whatever checkpoint was saved before it is kept."""
+
+    @classmethod
+    def during_training(cls, trainer: Any, loss: float) -> NonFiniteLossError:
+        """The error for a non-finite ``loss`` at the trainer's current epoch and step, naming the latest
+        checkpoint on disk (this run's, else the one it resumed from) or saying that none exists yet."""
+        saved = [
+            Path(path)
+            for callback in getattr(trainer, "checkpoint_callbacks", [])
+            for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""))
+            if path and Path(path).is_file()
+        ]
+        if not saved and getattr(trainer, "ckpt_path", None) and Path(trainer.ckpt_path).is_file():
+            saved = [Path(trainer.ckpt_path)]
+        if saved:
+            latest = max(saved, key=lambda p: p.stat().st_mtime)
+            kept = (
+                f"the latest checkpoint, saved before it, is {str(latest)!r} (init_from={latest} starts a "
+                "new run from its weights with a lower optimizer.lr)"
+            )
+        else:
+            kept = "no checkpoint had been saved yet"
+        return cls(
+            f"The training loss became {loss} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+            f"training stopped and {kept}: lower the learning rate or use gradient clipping "
+            "(trainer.gradient_clip_val=1.0)."
+        )

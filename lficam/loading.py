@@ -94,16 +94,46 @@ def input_metadata_of_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def check_compatible(checkpoint_config: dict[str, Any], configured: dict[str, Any], path: str | Path) -> None:
-    """Refuse to resume or evaluate a checkpoint with a model configured differently (another backbone …)."""
+#: model_config keys that do not change the network: the pretrained-weights file it started from.
+_NOT_ARCHITECTURE = frozenset({"weights"})
+
+
+def check_compatible(
+    checkpoint_config: dict[str, Any],
+    configured: dict[str, Any],
+    path: str | Path,
+    option: str = "ckpt_path",
+) -> None:
+    """Refuse to resume, evaluate or start from (``option``) a checkpoint of a model configured differently:
+    another backbone, head, class count or architecture option (the FIN variant, the ReLU layout …).
+
+    An option that only one side names (a checkpoint written before the option existed) is left to
+    :func:`check_weights_fit`: its default may well be the other side's value."""
     keys = ("backbone", "attention", "num_classes")
+    keys += tuple(sorted((set(checkpoint_config) & set(configured)) - set(keys) - _NOT_ARCHITECTURE))
     differ = [k for k in keys if checkpoint_config.get(k) != configured.get(k)]
     if differ:
         was = ", ".join(f"{k}={checkpoint_config.get(k)!r}" for k in differ)
         now = ", ".join(f"{k}={configured.get(k)!r}" for k in differ)
         raise UserError(
             f"Checkpoint {str(path)!r} was trained with {was} but this run configures {now}; "
-            "choose the matching model/attention/data or another ckpt_path."
+            f"choose the matching model/attention/data or another {option}."
+        )
+
+
+def check_weights_fit(
+    state: dict[str, Tensor], expected: dict[str, Tensor], config: dict[str, Any], path: str | Path
+) -> None:
+    """Refuse weights whose names or shapes are not those of the network ``config`` builds (``expected``)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        raise UserError(
+            f"Refusing {str(path)!r}: its weights do not fit {config.get('backbone')!r} with attention "
+            f"{config.get('attention')!r} ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(mismatched)} of another shape, e.g. {(missing + unexpected + mismatched)[:2]}); "
+            "the file was written for another architecture or was altered."
         )
 
 
@@ -127,17 +157,7 @@ def _rebuild(config: dict[str, Any], state: dict[str, Tensor], path: str | Path)
         raise UserError(
             f"Refusing {str(path)!r}: its model_config {config} does not describe a model ({error})."
         ) from None
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        raise UserError(
-            f"Refusing {str(path)!r}: its weights do not fit {config.get('backbone')!r} with attention "
-            f"{config.get('attention')!r} ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(mismatched)} of another shape, e.g. {(missing + unexpected + mismatched)[:2]}); "
-            "the file was written for another architecture or was altered."
-        )
+    check_weights_fit(state, model.state_dict(), config, path)
     model.load_state_dict(state, strict=True)
     return model
 
@@ -178,13 +198,9 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any
     return state, metadata
 
 
-def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Classifier:
-    """An eval-mode model from a Lightning ``.ckpt`` of this project or a ``.safetensors`` export.
-
-    The returned model maps normalised B×3×H×W images to ``ModelOutput(logits, attention)``; its
-    ``lficam_metadata`` attribute holds ``model_config`` and, where known, ``input`` (image_size, mean, std)
-    and ``class_names``.
-    """
+def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
+    """The network's weights, its ``model_config`` and the metadata (``model_config``, ``input``,
+    ``class_names``) of a Lightning ``.ckpt`` of this project or a ``.safetensors`` export."""
     path = Path(path)
     if not path.is_file():
         raise UserError(
@@ -193,15 +209,24 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Class
         )
     if _is_safetensors(path):
         state, metadata = read_safetensors(path)
-        config = metadata["model_config"]
-    else:
-        checkpoint = read_checkpoint(path)
-        config = model_config_of_checkpoint(checkpoint, path)
-        state = network_state_dict(checkpoint["state_dict"])
-        inputs = input_metadata_of_checkpoint(checkpoint)
-        metadata = {"model_config": config, "input": {k: v for k, v in inputs.items() if k != "class_names"}}
-        if "class_names" in inputs:
-            metadata["class_names"] = inputs["class_names"]
+        return state, metadata["model_config"], metadata
+    checkpoint = read_checkpoint(path)
+    config = model_config_of_checkpoint(checkpoint, path)
+    inputs = input_metadata_of_checkpoint(checkpoint)
+    metadata = {"model_config": config, "input": {k: v for k, v in inputs.items() if k != "class_names"}}
+    if "class_names" in inputs:
+        metadata["class_names"] = inputs["class_names"]
+    return network_state_dict(checkpoint["state_dict"]), config, metadata
+
+
+def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> Classifier:
+    """An eval-mode model from a Lightning ``.ckpt`` of this project or a ``.safetensors`` export.
+
+    The returned model maps normalised B×3×H×W images to ``ModelOutput(logits, attention)``; its
+    ``lficam_metadata`` attribute holds ``model_config`` and, where known, ``input`` (image_size, mean, std)
+    and ``class_names``.
+    """
+    state, config, metadata = read_weights(path)
     model = _rebuild(config, state, path).to(map_location).eval()
     model.lficam_metadata = metadata
     return model

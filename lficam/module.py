@@ -183,11 +183,7 @@ class LitClassifier(pl.LightningModule):
         output = self(batch["image"])
         loss = self.net.loss(output, batch["label"])
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"The training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
-                "training stopped and the last good checkpoint is kept: lower the learning rate or use "
-                "gradient clipping (trainer.gradient_clip_val=1.0)."
-            )
+            raise NonFiniteLossError.during_training(self.trainer, loss.item())
         self.train_loss(loss.detach())
         self.train_metrics(output.logits.detach(), batch["label"])
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)

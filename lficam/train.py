@@ -16,8 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from lficam.distributed import check_devices, ranks_join_this_run
 from lficam.errors import UserError
-from lficam.loading import check_compatible, model_config_of_checkpoint, read_checkpoint
+from lficam.loggers import instantiate_loggers
 from lficam.models import count_parameters, create_model
+from lficam.resume import start_from_checkpoint
+from lficam.run_folder import hold as hold_run_folder
+from lficam.validation import check_config, check_data
 
 log = logging.getLogger("lficam")
 
@@ -97,22 +100,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _fit_and_test(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict[str, float]:
+    check_config(cfg)  # values no training can use: one sentence before anything is built
+    with hold_run_folder(cfg.paths.output_dir):  # one run per folder
+        return _fit_and_test_in_folder(cfg, trainers)
+
+
+def _fit_and_test_in_folder(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     module = build_module(cfg)
     _warn_small_maps(cfg, module.net)
-    if cfg.get("ckpt_path"):  # one sentence for a foreign, unsafe or other-architecture checkpoint
-        checkpoint = read_checkpoint(cfg.ckpt_path)
-        check_compatible(
-            model_config_of_checkpoint(checkpoint, cfg.ckpt_path), module.hparams.model_config, cfg.ckpt_path
-        )
-        del checkpoint
+    # a foreign, unsafe or other-architecture checkpoint is one sentence; a resume says what it keeps
+    log_resume = start_from_checkpoint(cfg, module, output_dir)
     callbacks = _instantiate_all(cfg.get("callbacks"))
-    loggers = _instantiate_all(cfg.get("logger"))
+    loggers = instantiate_loggers(cfg.get("logger"), log_resume)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainers.append(trainer)
+    check_data(datamodule, cfg, processes=trainer.num_nodes * trainer.num_devices)
     log_hyperparameters(
         loggers,
         {
