@@ -19,14 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lficam.contract import INPUT_KEY
 from lficam.errors import UserError
 from lficam.models import create_model
 from lficam.models.heads import Classifier
 
 #: Key of the metadata in a safetensors header and in a TorchScript/ONNX export.
 METADATA_KEY = "lficam"
-#: Key of the data module's description inside a Lightning checkpoint (see ClassificationDataModule.state_dict).
-INPUT_KEY = "lficam_input"
 _NET_PREFIX = "net."
 _SAFETENSORS_SUFFIXES = (".safetensors", ".st")
 

@@ -10,7 +10,9 @@ that accepts only the four globals a numpy array needs and refuses any other, so
 Nothing is downloaded. The validation split is carved from the training batches (``val_size`` images chosen
 by ``split_seed``); the test batch is the test split. Training images get the paper's augmentation
 (method.md §1.4): a 32×32 crop of the image zero-padded by 4 px, and a horizontal flip with probability ½,
-both drawn from hash(seed, epoch, index) so that a resumed run sees the same images as an unbroken one.
+both drawn from hash(run seed, stream, epoch, index) so that a resumed run sees the same images as an unbroken
+one. Data content (which images are validation images) is fixed by ``split_seed``, the augmentation by the run's
+seed (``shuffle_seed``), as in every data module.
 """
 
 from __future__ import annotations
@@ -24,10 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from lficam.data.base import ClassificationDataModule
-from lficam.data.shapes import hash_seed
+from lficam.data.seeding import EpochSeededDataset
 from lficam.errors import UserError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -85,8 +86,12 @@ def read_binary_batch(path: Path, label_bytes: int) -> tuple[Tensor, Tensor]:
     return rows[:, label_bytes:].reshape(-1, 3, 32, 32).clone(), rows[:, :label_bytes].long()
 
 
-class ArrayImageDataset(Dataset):
-    """Images held as N×3×32×32 uint8, normalised per item, with the CIFAR augmentation when ``augment``."""
+class ArrayImageDataset(EpochSeededDataset):
+    """Images held as N×3×32×32 uint8, normalised per item, with the CIFAR augmentation when ``augment``.
+
+    ``indices`` select this split's images from ``images``; an item's ``index`` is its id in ``images``
+    (the position in the authors' files), which is also what its augmentation is drawn for.
+    """
 
     def __init__(
         self,
@@ -100,29 +105,27 @@ class ArrayImageDataset(Dataset):
         seed: int = 0,
         padding: int = 4,
     ) -> None:
+        super().__init__(seed=seed, augment=augment)
         self.images, self.labels, self.indices = images, labels, indices
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
-        self.augment, self.seed, self.padding = augment, seed, padding
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.padding = padding
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def crop_and_flip(self, index: int) -> tuple[int, int, bool]:
-        """(top, left, flip) of image ``index`` in this epoch: offsets into the padded image, 0…2·padding."""
-        h = hash_seed(self.seed, 2000 + self.epoch, index)
+    def crop_and_flip(self, index: int, epoch: int | None = None) -> tuple[int, int, bool]:
+        """(top, left, flip) of image ``index`` in ``epoch`` (default: :meth:`epoch_of` ``index``): offsets
+        into the padded image, each uniform on 0…2·padding, and a flip with probability ½."""
         side = 2 * self.padding + 1
-        return (h // side) % side, h % side, bool((h // (side * side)) & 1)
+        offsets = self.draw(index, "crop", epoch=epoch)
+        return (offsets // side) % side, offsets % side, bool(self.draw(index, "flip", epoch=epoch) & 1)
 
     def __getitem__(self, item: int) -> dict[str, Tensor]:
         index = int(self.indices[item])
         image = self.images[index].float() / 255
         if self.augment:
-            top, left, flip = self.crop_and_flip(index)
+            top, left, flip = self.crop_and_flip(index, self.epoch_of(item))
             size = image.shape[-1]
             image = F.pad(image, (self.padding,) * 4)[:, top : top + size, left : left + size]
             if flip:
@@ -137,7 +140,7 @@ class CIFARDataModule(ClassificationDataModule):
     root: the folder that holds ``cifar-10-batches-bin/`` or ``cifar-10-batches-py/`` (``cifar-100-binary/``,
         ``cifar-100-python/``), or one of these folders itself.
     val_size: images moved from the training batches into the validation split (chosen by ``split_seed``).
-    seed: the augmentation's seed; None uses the training order's seed (drawn from the seeded global state).
+    The augmentation, like the training order, follows ``shuffle_seed`` (the run's seed).
     """
 
     variant = "cifar10"
@@ -152,7 +155,6 @@ class CIFARDataModule(ClassificationDataModule):
         val_size: int = 5000,
         split_seed: int = 0,
         augment: bool = True,
-        seed: int | None = None,
         mean: tuple[float, float, float] = CIFAR_MEAN,
         std: tuple[float, float, float] = CIFAR_STD,
         **loader_options: Any,
@@ -174,7 +176,6 @@ class CIFARDataModule(ClassificationDataModule):
         if val_size < 0:
             raise UserError(f"val_size must be 0 or more, got {val_size}.")
         self.val_size, self.split_seed, self.augment = val_size, split_seed, augment
-        self.seed = self.shuffle_seed if seed is None else seed  # augmentation draws
         self.mean, self.std = tuple(mean), tuple(std)
         self.image_size = 32
 
@@ -292,7 +293,7 @@ class CIFARDataModule(ClassificationDataModule):
         train_files, test_files = self._files()[kind]
         images, labels = self._read(kind, folder, train_files)
         train_idx, val_idx = self.split_indices(len(labels))
-        options = {"mean": self.mean, "std": self.std, "seed": self.seed}
+        options = {"mean": self.mean, "std": self.std, "seed": self.shuffle_seed}
         self.train_set = ArrayImageDataset(images, labels, train_idx, augment=self.augment, **options)
         self.val_set = ArrayImageDataset(images, labels, val_idx, **options)
         test_images, test_labels = self._read(kind, folder, test_files)

@@ -15,11 +15,10 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from lficam.data.base import ClassificationDataModule
-from lficam.data.shapes import hash_seed
+from lficam.data.seeding import EpochSeededDataset
 from lficam.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,17 +45,14 @@ def find_images(folder: Path, classes: list[str] | None = None) -> tuple[list[tu
     return samples, classes
 
 
-class ImageFileDataset(Dataset):
+class ImageFileDataset(EpochSeededDataset):
     """Images read from disk on access, transformed with per-(seed, epoch, index) random draws."""
 
     def __init__(
         self, samples: list[tuple[Path, int]], transform: v2.Transform, *, seed: int = 0, random: bool = False
     ) -> None:
-        self.samples, self.transform, self.seed, self.random = samples, transform, seed, random
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(seed=seed, augment=random)
+        self.samples, self.transform, self.random = samples, transform, random
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -72,8 +68,7 @@ class ImageFileDataset(Dataset):
                 "remove or replace the file."
             ) from None
         if self.random:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(hash_seed(self.seed, 3000 + self.epoch, index))
+            with self.seeded(index):
                 tensor = self.transform(image)
         else:
             tensor = self.transform(image)
