@@ -4,8 +4,8 @@ https://www.cs.toronto.edu/~kriz/cifar.html offers a binary version (``cifar-10-
 … ``test_batch.bin``: records of 1 label byte + 3072 pixel bytes; ``cifar-100-binary/train.bin``, ``test.bin``:
 coarse label byte, fine label byte, 3072 pixel bytes; pixels are the 1024 red, then green, then blue values of
 a 32×32 image in row-major order) and a Python version (``data_batch_1`` … pickles of dicts with ``data``
-N×3072 uint8 and ``labels`` / ``fine_labels`` / ``coarse_labels``). The pickles are read by an unpickler
-that accepts only the four globals a numpy array needs and refuses any other, so no code in a file runs.
+N×3072 uint8 and ``labels`` / ``fine_labels`` / ``coarse_labels``). The pickles are read by
+:mod:`lficam.data.safe_pickle`, which runs no code of the file's and allocates nothing a size field asks for.
 
 Nothing is downloaded. The validation split is carved from the training batches (``val_size`` images chosen
 by ``split_seed``); the test batch is the test split. Training images get the paper's augmentation
@@ -17,8 +17,6 @@ seed (``shuffle_seed``), as in every data module.
 
 from __future__ import annotations
 
-import codecs
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lficam.data.base import ClassificationDataModule
+from lficam.data.safe_pickle import MAX_BYTES, PickleRefused, read_pickle
 from lficam.data.seeding import EpochSeededDataset
 from lficam.errors import UserError
 
@@ -37,31 +36,13 @@ _PIXELS = 3 * 32 * 32
 _URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-# What rebuilding a numpy array from a pickle needs, and nothing that can run code of the file's choosing.
-_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array rebuilder, under either module name below
-_SAFE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes at pickle protocol 2
-}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        found = _SAFE_GLOBALS.get((module, name))
-        if found is None:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-        return found
-
 
 def read_python_batch(path: Path) -> dict[str, Any]:
-    """One pickle of the Python version as a dict with str keys, refusing anything but plain data and arrays."""
+    """One pickle of the Python version as a dict with str keys, refusing anything but plain data and arrays
+    (:func:`lficam.data.safe_pickle.read_pickle`: no code runs, memory bounded by the file's size)."""
     try:
-        with path.open("rb") as f:
-            batch = _ArrayUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        batch = read_pickle(path)
+    except PickleRefused as error:
         raise UserError(
             f"Refusing {str(path)!r}: it is not a CIFAR Python batch of plain arrays ({error}); "
             f"download the Python version again from {_URL}."
@@ -70,20 +51,39 @@ def read_python_batch(path: Path) -> dict[str, Any]:
         raise UserError(
             f"Refusing {str(path)!r}: a CIFAR Python batch is a dict, this file holds a {type(batch).__name__}."
         )
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    return {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
 
 def read_binary_batch(path: Path, label_bytes: int) -> tuple[Tensor, Tensor]:
     """Images (N×3×32×32 uint8) and labels (N×label_bytes int64) of one file of the binary version."""
     record = label_bytes + _PIXELS
-    raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size == 0 or raw.size % record:
+    size = path.stat().st_size  # checked before reading: a file of any other size is not read at all
+    if size == 0 or size % record or size > MAX_BYTES:
         raise UserError(
-            f"{str(path)!r} is not a CIFAR binary batch: its {raw.size} bytes are not a whole number of "
-            f"{record}-byte records; download the binary version again from {_URL}."
+            f"{str(path)!r} is not a CIFAR binary batch: its {size} bytes are not a whole number of "
+            f"{record}-byte records (at most {MAX_BYTES // record}); download the binary version again from {_URL}."
         )
-    rows = torch.from_numpy(raw.reshape(-1, record))
+    rows = torch.from_numpy(np.fromfile(path, dtype=np.uint8).reshape(-1, record))
     return rows[:, label_bytes:].reshape(-1, 3, 32, 32).clone(), rows[:, :label_bytes].long()
+
+
+def _integers(values: object) -> np.ndarray | None:
+    """``values`` (a list or array of integers) as int64, or None for anything else."""
+    if not isinstance(values, (list, tuple, np.ndarray)):
+        return None
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):  # ragged or mixed lists
+        return None
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        return None
+    return array.astype(np.int64)
+
+
+def _head(path: Path, size: int = 1 << 16) -> str:
+    """The start of a small text file (class names), whatever its encoding or size."""
+    with path.open("rb") as file:
+        return file.read(size).decode(errors="replace")
 
 
 class ArrayImageDataset(EpochSeededDataset):
@@ -252,21 +252,24 @@ class CIFARDataModule(ClassificationDataModule):
             raise UserError(
                 f"{str(path)!r} holds no N×{_PIXELS} uint8 'data' array, so it is not a {self.title} batch."
             )
-        if key not in batch or len(batch[key]) != len(data):
-            raise UserError(f"{str(path)!r} has no '{key}' list with one label per image.")
+        labels = _integers(batch.get(key))
+        if labels is None or len(labels) != len(data):
+            raise UserError(f"{str(path)!r} has no '{key}' list with one integer label per image.")
         pixels = torch.from_numpy(np.ascontiguousarray(data)).reshape(-1, 3, 32, 32)
-        return pixels, torch.as_tensor(np.asarray(batch[key], dtype=np.int64))
+        return pixels, torch.from_numpy(labels)
 
     def _class_names(self, kind: str, folder: Path) -> list[str]:
         if kind == "binary":
             name = "batches.meta.txt" if self.variant == "cifar10" else f"{self.labels}_label_names.txt"
             path = folder / name
-            names = [n.strip() for n in path.read_text().splitlines() if n.strip()] if path.is_file() else []
+            text = _head(path) if path.is_file() else ""
+            names = [n.strip() for n in text.splitlines() if n.strip()]
         else:
             path = folder / ("batches.meta" if self.variant == "cifar10" else "meta")
             key = "label_names" if self.variant == "cifar10" else f"{self.labels}_label_names"
             raw = read_python_batch(path).get(key, []) if path.is_file() else []
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
+            listed = raw if isinstance(raw, (list, tuple)) else []
+            names = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in listed]
         if len(names) == self.num_classes:
             return names
         return (

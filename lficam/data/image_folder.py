@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms import v2
 
 from lficam.data.base import ClassificationDataModule
+from lficam.data.images import open_rgb
 from lficam.data.seeding import EpochSeededDataset
 from lficam.errors import UserError
 
@@ -59,14 +59,7 @@ class ImageFileDataset(EpochSeededDataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as file:
-                image = file.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-            raise UserError(
-                f"Cannot read image {str(path)!r} ({type(error).__name__}: {str(error)[:120]}); "
-                "remove or replace the file."
-            ) from None
+        image = open_rgb(path)
         if self.random:
             with self.seeded(index):
                 tensor = self.transform(image)
