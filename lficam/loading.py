@@ -12,21 +12,20 @@ ours, or was tampered with, is refused with one sentence (:class:`~lficam.errors
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from lficam.contract import INPUT_KEY
 from lficam.errors import UserError
 from lficam.models import create_model
 from lficam.models.heads import Classifier
+from lficam.tensor_files import TensorFileError, read_safetensors_file, read_torch_file
 
 #: Key of the metadata in a safetensors header and in a TorchScript/ONNX export.
 METADATA_KEY = "lficam"
-#: Key of the data module's description inside a Lightning checkpoint (see ClassificationDataModule.state_dict).
-INPUT_KEY = "lficam_input"
 _NET_PREFIX = "net."
 _SAFETENSORS_SUFFIXES = (".safetensors", ".st")
 
@@ -34,9 +33,9 @@ _SAFETENSORS_SUFFIXES = (".safetensors", ".st")
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint of this project as a dict, read without executing any pickled code.
 
-    Refused (UserError): a missing file, a file torch cannot read with ``weights_only=True`` (a pickle that
-    names a class or function, random bytes, a truncated file), and a checkpoint without the
-    ``model_config`` that :func:`lficam.create_model` needs.
+    Refused (UserError): a missing file, a file :func:`lficam.tensor_files.read_torch_file` cannot read (a
+    pickle that names a class or function, random bytes, a truncated file, a record larger than the file),
+    and a checkpoint without the ``model_config`` that :func:`lficam.create_model` needs.
     """
     path = Path(path)
     if not path.is_file():
@@ -45,11 +44,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "checkpoints/ folder (e.g. ckpt_path=<run>/checkpoints/last.ckpt)."
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for foreign bytes (KeyError, UnpicklingError, ...)
+        checkpoint = read_torch_file(path)
+    except TensorFileError as error:
         raise UserError(
             f"Refusing {str(path)!r}: it is not a checkpoint that loads safely without running code "
-            f"({_reason(error)}); use a .ckpt written by lficam's train.py or a .safetensors export."
+            f"({error}); use a .ckpt written by lficam's train.py or a .safetensors export."
         ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(
@@ -58,17 +57,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     model_config_of_checkpoint(checkpoint, path)  # fail now, not later, when it cannot be rebuilt
     return checkpoint
-
-
-def _reason(error: BaseException) -> str:
-    """The part of torch's long weights_only message that says what was refused."""
-    text = " ".join(str(error).split())
-    match = re.search(r"WeightsUnpickler error: (.+?)(?: Please use| Check the documentation|$)", text)
-    if match:
-        return match.group(1).strip().rstrip(".")[:120]
-    if isinstance(error, EOFError) or not text:
-        return "the file is empty or cut short"
-    return f"{type(error).__name__}: {text[:120]}"
 
 
 def model_config_of_checkpoint(checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:
@@ -127,7 +115,11 @@ def check_weights_fit(
     """Refuse weights whose names or shapes are not those of the network ``config`` builds (``expected``)."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    mismatched = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    mismatched = [
+        k
+        for k, v in expected.items()
+        if k in state and not (isinstance(state[k], Tensor) and state[k].shape == v.shape)
+    ]
     if missing or unexpected or mismatched:
         raise UserError(
             f"Refusing {str(path)!r}: its weights do not fit {config.get('backbone')!r} with attention "
@@ -141,7 +133,7 @@ def network_state_dict(module_state: dict[str, Tensor]) -> dict[str, Tensor]:
     """The network's weights from a LitClassifier state dict (keys ``net.…``, ``net._orig_mod.…`` if compiled)."""
     state = {}
     for key, value in module_state.items():
-        if key.startswith(_NET_PREFIX):
+        if isinstance(key, str) and key.startswith(_NET_PREFIX):
             key = key[len(_NET_PREFIX) :]
             state[key.removeprefix("_orig_mod.")] = value
     return state
@@ -152,13 +144,25 @@ def _rebuild(config: dict[str, Any], state: dict[str, Tensor], path: str | Path)
     if "weights" in options:
         options["weights"] = None  # the state dict below holds every weight; never read the original file
     try:
-        model = create_model(**options)
-    except TypeError as error:
+        # on the meta device first: a model_config is a file's size field (num_classes=10**9 would ask for
+        # terabytes), so the real model is built only once its shapes are those of the file's tensors
+        with torch.device("meta"):
+            expected = create_model(**options).state_dict()
+    except UserError:
+        raise
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
         raise UserError(
-            f"Refusing {str(path)!r}: its model_config {config} does not describe a model ({error})."
+            f"Refusing {str(path)!r}: its model_config {str(config)[:200]} does not describe a model "
+            f"({str(error)[:120]})."
         ) from None
-    check_weights_fit(state, model.state_dict(), config, path)
-    model.load_state_dict(state, strict=True)
+    check_weights_fit(state, expected, config, path)
+    model = create_model(**options)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # e.g. a tensor of a layout or dtype that cannot be copied in
+        raise UserError(
+            f"Refusing {str(path)!r}: its weights cannot be loaded ({str(error)[:120]})."
+        ) from None
     return model
 
 
@@ -173,22 +177,17 @@ def _is_safetensors(path: Path) -> bool:
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The weights and the metadata dict (``model_config``, ``input``, …) of a safetensors export."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as error:
-        raise UserError(f"Refusing {str(path)!r}: it is not a readable safetensors file ({error}).") from None
+        state, header = read_safetensors_file(path)
+    except TensorFileError as error:
+        raise UserError(f"Refusing {str(path)!r}: {error}.") from None
     try:
         metadata = json.loads(header[METADATA_KEY])
         valid = isinstance(metadata["model_config"], dict) and {"backbone", "num_classes"} <= set(
             metadata["model_config"]
         )
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, RecursionError):  # RecursionError: JSON nested too deeply
         valid = False
     if not valid:
         raise UserError(

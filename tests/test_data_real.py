@@ -164,7 +164,7 @@ def test_validation_split_is_seeded_disjoint_and_complete(tmp_path: Path) -> Non
 
 def test_augmentation_is_a_padded_crop_and_flip_drawn_per_epoch_and_image(tmp_path: Path) -> None:
     images, _ = write_cifar10(tmp_path, "binary")
-    data = CIFAR10DataModule(tmp_path, val_size=0, augment=True, seed=3)
+    data = CIFAR10DataModule(tmp_path, val_size=0, augment=True, shuffle_seed=3)
     data.setup("fit")
     dataset = data.train_set
     draws = {}

@@ -4,48 +4,64 @@ Batches are dictionaries: ``image`` (B×3×H×W, normalised float), ``label`` (B
 within its split, so maps of different runs pair by id) and, where the data set has them, ``mask``
 (B×H×W bool, the object).
 
-Exact resume: the training order is a function of (shuffle_seed, epoch) (:class:`EpochShuffleSampler`) and
-every augmentation a function of (seed, epoch, index), never of the global random state that checkpoints do
-not hold, so a run resumed from ``last.ckpt`` sees the batches an unbroken run sees. ``state_dict`` puts the
-input description (size, mean, std, class names) into every checkpoint for :func:`lficam.load` and exports.
+One rule for every data module: the data's content (rendered shapes, the CIFAR validation split) is fixed by
+the data config's own seeds (``data.seed``, ``data.split_seed``); the training order and every augmentation
+draw by the run's seed (``shuffle_seed``, which the data configs set to ``${seed}``). A seed sweep then trains
+on one data set, each run with its own order and augmentation.
+
+Exact resume, with any number of data-loader workers: the training order is a function of (shuffle_seed,
+epoch) (:class:`~lficam.data.seeding.EpochShuffleSampler`) and every augmentation a function of (shuffle_seed,
+epoch, index) (:class:`~lficam.data.seeding.EpochSeededDataset`), never of the global random state that
+checkpoints do not hold; the indices carry their epoch to the workers, and :class:`EpochDataLoader` draws the
+order at the first batch (see there why), so a run resumed from ``last.ckpt`` sees the batches an unbroken run
+sees. ``state_dict`` puts the input description (size, mean, std, class names) into every checkpoint for
+:func:`lficam.load` and exports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from lficam.loading import INPUT_KEY
+from lficam.contract import INPUT_KEY
+from lficam.data.seeding import EpochShuffleSampler
+
+__all__ = ["ClassificationDataModule", "EpochDataLoader", "EpochShuffleSampler", "first_items"]
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A random order of ``range(size)`` that is a function of (seed, epoch) only.
+class EpochDataLoader(DataLoader):
+    """A DataLoader whose iterator starts (spawns or wakes its workers, draws the sampler's order) at the first
+    batch, not when ``iter()`` is called.
 
-    PyTorch's ``RandomSampler`` draws its order from the global random state, which a checkpoint does not
-    hold, so a resumed run would see other batches than an unbroken one. Here epoch e's order is
-    ``randperm(size)`` under a generator seeded with ``seed + e``; Lightning calls :meth:`set_epoch` at the
-    start of every training epoch (``lightning.fabric.utilities.data._set_sampler_epoch``).
+    Lightning's fit loop calls ``iter()`` on the training loader once when fitting starts, before it sets
+    the sampler's epoch, and on resume it trains the resumed epoch from that very iterator. PyTorch's
+    multi-process iterator draws indices and prefetches ``prefetch_factor × num_workers`` batches inside
+    ``iter()``, so the resumed epoch e would replay epoch 0's order (and, from indices carrying epoch 0, its
+    augmentation); without workers the draw happens at the first ``next()`` and all is well. Deferring the
+    start to the first ``next()`` makes the multi-process case behave like the single-process one: by then
+    Lightning has called ``set_epoch``. Everything else (batching, workers, pinning) is PyTorch's.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size = size
-        self.seed = seed
-        self.epoch = 0
+    def __iter__(self) -> Iterator[Any]:
+        return _StartsAtFirstBatch(self, super().__iter__)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+
+class _StartsAtFirstBatch(Iterator[Any]):
+    def __init__(self, loader: DataLoader, start: Callable[[], Iterator[Any]]) -> None:
+        self._loader, self._start, self._iterator = loader, start, None
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._iterator = self._start()
+        return next(self._iterator)
 
     def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        return len(self._loader)
 
 
 def first_items(dataset: Dataset, count: int) -> dict[str, Tensor]:
@@ -71,10 +87,13 @@ class ClassificationDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
+        persistent_workers: bool = False,
         shuffle_seed: int | None = None,
     ) -> None:
-        """shuffle_seed: the training order's seed; None draws it from the global random state here, which
-        ``train.py`` seeds (``seed=``) before it builds the data, so a run and its resumption agree."""
+        """persistent_workers: keep the loader's worker processes between epochs (with ``num_workers > 0``).
+        shuffle_seed: the run's seed, for the training order and every augmentation draw (the data configs
+        pass ``${seed}``); None draws it from the global random state here, which ``train.py`` seeds
+        (``seed=``) before it builds the data, so a run and its resumption agree."""
         super().__init__()
         if shuffle_seed is None:
             shuffle_seed = int(torch.randint(1 << 31, ()).item())
@@ -83,6 +102,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -91,23 +111,26 @@ class ClassificationDataModule(pl.LightningDataModule):
         if dataset is None:
             raise RuntimeError("The data module was used before setup(); call datamodule.setup(stage) first.")
         sampler = None
-        if train and not self._distributed():
-            sampler = EpochShuffleSampler(len(dataset), self.shuffle_seed)
-        return DataLoader(
+        if train:
+            # under DDP too: Lightning keeps a DistributedSampler (which this is) instead of its own
+            replicas, rank = self._replicas()
+            sampler = EpochShuffleSampler(len(dataset), self.shuffle_seed, num_replicas=replicas, rank=rank)
+        return EpochDataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            # Under DDP, Lightning swaps a shuffling loader's sampler for a DistributedSampler, which is
-            # already a function of (seed, epoch).
-            shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
 
-    def _distributed(self) -> bool:
+    def _replicas(self) -> tuple[int, int]:
+        """(world size, global rank) of the trainer this module is attached to, (1, 0) without one."""
         trainer = getattr(self, "trainer", None)
-        return trainer is not None and trainer.world_size > 1
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

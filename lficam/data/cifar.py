@@ -4,19 +4,19 @@ https://www.cs.toronto.edu/~kriz/cifar.html offers a binary version (``cifar-10-
 … ``test_batch.bin``: records of 1 label byte + 3072 pixel bytes; ``cifar-100-binary/train.bin``, ``test.bin``:
 coarse label byte, fine label byte, 3072 pixel bytes; pixels are the 1024 red, then green, then blue values of
 a 32×32 image in row-major order) and a Python version (``data_batch_1`` … pickles of dicts with ``data``
-N×3072 uint8 and ``labels`` / ``fine_labels`` / ``coarse_labels``). The pickles are read by an unpickler
-that accepts only the four globals a numpy array needs and refuses any other, so no code in a file runs.
+N×3072 uint8 and ``labels`` / ``fine_labels`` / ``coarse_labels``). The pickles are read by
+:mod:`lficam.data.safe_pickle`, which runs no code of the file's and allocates nothing a size field asks for.
 
 Nothing is downloaded. The validation split is carved from the training batches (``val_size`` images chosen
 by ``split_seed``); the test batch is the test split. Training images get the paper's augmentation
 (method.md §1.4): a 32×32 crop of the image zero-padded by 4 px, and a horizontal flip with probability ½,
-both drawn from hash(seed, epoch, index) so that a resumed run sees the same images as an unbroken one.
+both drawn from hash(run seed, stream, epoch, index) so that a resumed run sees the same images as an unbroken
+one. Data content (which images are validation images) is fixed by ``split_seed``, the augmentation by the run's
+seed (``shuffle_seed``), as in every data module.
 """
 
 from __future__ import annotations
 
-import codecs
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from lficam.data.base import ClassificationDataModule
-from lficam.data.shapes import hash_seed
+from lficam.data.safe_pickle import MAX_BYTES, PickleRefused, read_pickle
+from lficam.data.seeding import EpochSeededDataset
 from lficam.errors import UserError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -36,31 +36,13 @@ _PIXELS = 3 * 32 * 32
 _URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-# What rebuilding a numpy array from a pickle needs, and nothing that can run code of the file's choosing.
-_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array rebuilder, under either module name below
-_SAFE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes at pickle protocol 2
-}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        found = _SAFE_GLOBALS.get((module, name))
-        if found is None:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-        return found
-
 
 def read_python_batch(path: Path) -> dict[str, Any]:
-    """One pickle of the Python version as a dict with str keys, refusing anything but plain data and arrays."""
+    """One pickle of the Python version as a dict with str keys, refusing anything but plain data and arrays
+    (:func:`lficam.data.safe_pickle.read_pickle`: no code runs, memory bounded by the file's size)."""
     try:
-        with path.open("rb") as f:
-            batch = _ArrayUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        batch = read_pickle(path)
+    except PickleRefused as error:
         raise UserError(
             f"Refusing {str(path)!r}: it is not a CIFAR Python batch of plain arrays ({error}); "
             f"download the Python version again from {_URL}."
@@ -69,24 +51,47 @@ def read_python_batch(path: Path) -> dict[str, Any]:
         raise UserError(
             f"Refusing {str(path)!r}: a CIFAR Python batch is a dict, this file holds a {type(batch).__name__}."
         )
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    return {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
 
 def read_binary_batch(path: Path, label_bytes: int) -> tuple[Tensor, Tensor]:
     """Images (N×3×32×32 uint8) and labels (N×label_bytes int64) of one file of the binary version."""
     record = label_bytes + _PIXELS
-    raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size == 0 or raw.size % record:
+    size = path.stat().st_size  # checked before reading: a file of any other size is not read at all
+    if size == 0 or size % record or size > MAX_BYTES:
         raise UserError(
-            f"{str(path)!r} is not a CIFAR binary batch: its {raw.size} bytes are not a whole number of "
-            f"{record}-byte records; download the binary version again from {_URL}."
+            f"{str(path)!r} is not a CIFAR binary batch: its {size} bytes are not a whole number of "
+            f"{record}-byte records (at most {MAX_BYTES // record}); download the binary version again from {_URL}."
         )
-    rows = torch.from_numpy(raw.reshape(-1, record))
+    rows = torch.from_numpy(np.fromfile(path, dtype=np.uint8).reshape(-1, record))
     return rows[:, label_bytes:].reshape(-1, 3, 32, 32).clone(), rows[:, :label_bytes].long()
 
 
-class ArrayImageDataset(Dataset):
-    """Images held as N×3×32×32 uint8, normalised per item, with the CIFAR augmentation when ``augment``."""
+def _integers(values: object) -> np.ndarray | None:
+    """``values`` (a list or array of integers) as int64, or None for anything else."""
+    if not isinstance(values, (list, tuple, np.ndarray)):
+        return None
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):  # ragged or mixed lists
+        return None
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        return None
+    return array.astype(np.int64)
+
+
+def _head(path: Path, size: int = 1 << 16) -> str:
+    """The start of a small text file (class names), whatever its encoding or size."""
+    with path.open("rb") as file:
+        return file.read(size).decode(errors="replace")
+
+
+class ArrayImageDataset(EpochSeededDataset):
+    """Images held as N×3×32×32 uint8, normalised per item, with the CIFAR augmentation when ``augment``.
+
+    ``indices`` select this split's images from ``images``; an item's ``index`` is its id in ``images``
+    (the position in the authors' files), which is also what its augmentation is drawn for.
+    """
 
     def __init__(
         self,
@@ -100,29 +105,27 @@ class ArrayImageDataset(Dataset):
         seed: int = 0,
         padding: int = 4,
     ) -> None:
+        super().__init__(seed=seed, augment=augment)
         self.images, self.labels, self.indices = images, labels, indices
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
-        self.augment, self.seed, self.padding = augment, seed, padding
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.padding = padding
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def crop_and_flip(self, index: int) -> tuple[int, int, bool]:
-        """(top, left, flip) of image ``index`` in this epoch: offsets into the padded image, 0…2·padding."""
-        h = hash_seed(self.seed, 2000 + self.epoch, index)
+    def crop_and_flip(self, index: int, epoch: int | None = None) -> tuple[int, int, bool]:
+        """(top, left, flip) of image ``index`` in ``epoch`` (default: :meth:`epoch_of` ``index``): offsets
+        into the padded image, each uniform on 0…2·padding, and a flip with probability ½."""
         side = 2 * self.padding + 1
-        return (h // side) % side, h % side, bool((h // (side * side)) & 1)
+        offsets = self.draw(index, "crop", epoch=epoch)
+        return (offsets // side) % side, offsets % side, bool(self.draw(index, "flip", epoch=epoch) & 1)
 
     def __getitem__(self, item: int) -> dict[str, Tensor]:
         index = int(self.indices[item])
         image = self.images[index].float() / 255
         if self.augment:
-            top, left, flip = self.crop_and_flip(index)
+            top, left, flip = self.crop_and_flip(index, self.epoch_of(item))
             size = image.shape[-1]
             image = F.pad(image, (self.padding,) * 4)[:, top : top + size, left : left + size]
             if flip:
@@ -137,7 +140,7 @@ class CIFARDataModule(ClassificationDataModule):
     root: the folder that holds ``cifar-10-batches-bin/`` or ``cifar-10-batches-py/`` (``cifar-100-binary/``,
         ``cifar-100-python/``), or one of these folders itself.
     val_size: images moved from the training batches into the validation split (chosen by ``split_seed``).
-    seed: the augmentation's seed; None uses the training order's seed (drawn from the seeded global state).
+    The augmentation, like the training order, follows ``shuffle_seed`` (the run's seed).
     """
 
     variant = "cifar10"
@@ -152,7 +155,6 @@ class CIFARDataModule(ClassificationDataModule):
         val_size: int = 5000,
         split_seed: int = 0,
         augment: bool = True,
-        seed: int | None = None,
         mean: tuple[float, float, float] = CIFAR_MEAN,
         std: tuple[float, float, float] = CIFAR_STD,
         **loader_options: Any,
@@ -174,7 +176,6 @@ class CIFARDataModule(ClassificationDataModule):
         if val_size < 0:
             raise UserError(f"val_size must be 0 or more, got {val_size}.")
         self.val_size, self.split_seed, self.augment = val_size, split_seed, augment
-        self.seed = self.shuffle_seed if seed is None else seed  # augmentation draws
         self.mean, self.std = tuple(mean), tuple(std)
         self.image_size = 32
 
@@ -251,21 +252,24 @@ class CIFARDataModule(ClassificationDataModule):
             raise UserError(
                 f"{str(path)!r} holds no N×{_PIXELS} uint8 'data' array, so it is not a {self.title} batch."
             )
-        if key not in batch or len(batch[key]) != len(data):
-            raise UserError(f"{str(path)!r} has no '{key}' list with one label per image.")
+        labels = _integers(batch.get(key))
+        if labels is None or len(labels) != len(data):
+            raise UserError(f"{str(path)!r} has no '{key}' list with one integer label per image.")
         pixels = torch.from_numpy(np.ascontiguousarray(data)).reshape(-1, 3, 32, 32)
-        return pixels, torch.as_tensor(np.asarray(batch[key], dtype=np.int64))
+        return pixels, torch.from_numpy(labels)
 
     def _class_names(self, kind: str, folder: Path) -> list[str]:
         if kind == "binary":
             name = "batches.meta.txt" if self.variant == "cifar10" else f"{self.labels}_label_names.txt"
             path = folder / name
-            names = [n.strip() for n in path.read_text().splitlines() if n.strip()] if path.is_file() else []
+            text = _head(path) if path.is_file() else ""
+            names = [n.strip() for n in text.splitlines() if n.strip()]
         else:
             path = folder / ("batches.meta" if self.variant == "cifar10" else "meta")
             key = "label_names" if self.variant == "cifar10" else f"{self.labels}_label_names"
             raw = read_python_batch(path).get(key, []) if path.is_file() else []
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
+            listed = raw if isinstance(raw, (list, tuple)) else []
+            names = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in listed]
         if len(names) == self.num_classes:
             return names
         return (
@@ -292,7 +296,7 @@ class CIFARDataModule(ClassificationDataModule):
         train_files, test_files = self._files()[kind]
         images, labels = self._read(kind, folder, train_files)
         train_idx, val_idx = self.split_indices(len(labels))
-        options = {"mean": self.mean, "std": self.std, "seed": self.seed}
+        options = {"mean": self.mean, "std": self.std, "seed": self.shuffle_seed}
         self.train_set = ArrayImageDataset(images, labels, train_idx, augment=self.augment, **options)
         self.val_set = ArrayImageDataset(images, labels, val_idx, **options)
         test_images, test_labels = self._read(kind, folder, test_files)

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from lficam.data.base import ClassificationDataModule
-from lficam.data.shapes import hash_seed
+from lficam.data.images import open_rgb
+from lficam.data.seeding import EpochSeededDataset
 from lficam.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,34 +45,23 @@ def find_images(folder: Path, classes: list[str] | None = None) -> tuple[list[tu
     return samples, classes
 
 
-class ImageFileDataset(Dataset):
+class ImageFileDataset(EpochSeededDataset):
     """Images read from disk on access, transformed with per-(seed, epoch, index) random draws."""
 
     def __init__(
         self, samples: list[tuple[Path, int]], transform: v2.Transform, *, seed: int = 0, random: bool = False
     ) -> None:
-        self.samples, self.transform, self.seed, self.random = samples, transform, seed, random
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(seed=seed, augment=random)
+        self.samples, self.transform, self.random = samples, transform, random
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as file:
-                image = file.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-            raise UserError(
-                f"Cannot read image {str(path)!r} ({type(error).__name__}: {str(error)[:120]}); "
-                "remove or replace the file."
-            ) from None
+        image = open_rgb(path)
         if self.random:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(hash_seed(self.seed, 3000 + self.epoch, index))
+            with self.seeded(index):
                 tensor = self.transform(image)
         else:
             tensor = self.transform(image)

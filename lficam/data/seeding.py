@@ -2,19 +2,27 @@
 
 A checkpoint holds no global random state, so anything random that a resumed run must repeat (a data set's
 content, the training order, an augmentation) is drawn from a generator seeded by a hash of what it depends on:
-the data content by (data.seed, split, index), an augmentation by (run seed, stream, epoch, index). Streams are
-names (``"flip"``, ``"crop"``), turned into integers by :func:`stream_id`, so that two data sets or two kinds of
-draws never share a sequence by accident.
+the data content by (data.seed, split, index), the training order by (run seed, epoch), an augmentation by
+(run seed, stream, epoch, index). Streams are names (``"flip"``, ``"crop"``, ``"order"``), turned into integers
+by :func:`stream_id`, so that two data sets or two kinds of draws never share a sequence by accident.
+
+The epoch reaches data-loader workers inside the indices: :class:`EpochShuffleSampler` yields
+:class:`EpochIndex` values (an ``int`` that also carries the epoch it was drawn for), and
+:class:`EpochSeededDataset` draws with that epoch. A worker's copy of the data set is made when the worker
+starts and, with ``persistent_workers``, never sees a later :meth:`~EpochSeededDataset.set_epoch` of the main
+process; an index that carries its epoch needs no such message, so what image ``i`` of epoch ``e`` looks like
+does not depend on which process renders it or when.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 _MASK = (1 << 64) - 1
 # Odd 64-bit constants (golden ratio and splitmix64's), one per position of the hashed tuple.
@@ -40,13 +48,61 @@ def stream_id(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
+class EpochIndex(int):
+    """An index into a data set that also says which epoch it was drawn for (``.epoch``).
+
+    It is an ``int`` everywhere else (tensor indexing, ``Subset``, collation), so a data set that knows
+    nothing of epochs reads it as the plain index. It survives the pickling that sends indices to workers.
+    """
+
+    epoch: int
+
+    def __new__(cls, index: int, epoch: int) -> EpochIndex:
+        value = super().__new__(cls, index)
+        value.epoch = int(epoch)
+        return value
+
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:
+        return EpochIndex, (int(self), self.epoch)
+
+    def __repr__(self) -> str:
+        return f"EpochIndex({int(self)}, epoch={self.epoch})"
+
+
+class EpochShuffleSampler(DistributedSampler):
+    """A random order of ``range(size)`` that is a function of (seed, epoch) only, as :class:`EpochIndex`.
+
+    PyTorch's ``RandomSampler`` draws its order from the global random state, which a checkpoint does not
+    hold. Here epoch e's order is ``randperm(size)`` under a generator seeded with hash(seed, "order", e)
+    (a hash, not ``seed + e``: the runs of a seed sweep never share an epoch's order). Lightning calls
+    :meth:`set_epoch` at the start of every training epoch; the epoch is read when iteration starts.
+
+    Under DDP, rank r of n takes every n-th index of the same order, padded like PyTorch's
+    ``DistributedSampler`` to a multiple of n. It is one, so that Lightning keeps it instead of swapping in
+    its own sampler, and the order stays a function of this run's seed on any number of devices.
+    """
+
+    def __init__(self, size: int, seed: int, *, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.size = size
+
+    def __iter__(self) -> Iterator[EpochIndex]:
+        epoch = self.epoch
+        generator = torch.Generator().manual_seed(hash_seed(self.seed, stream_id("order"), epoch))
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.size and len(order) < self.total_size:  # pad with the order's own start, as PyTorch does
+            order = (order * math.ceil(self.total_size / self.size))[: self.total_size]
+        return (EpochIndex(i, epoch) for i in order[self.rank : self.total_size : self.num_replicas])
+
+
 class EpochSeededDataset(Dataset):
     """A split whose random augmentation is a function of (seed, epoch, index) only.
 
-    Lightning's training loop calls :meth:`set_epoch` before each epoch (``LitClassifier`` does, and the data
-    modules set it on workers too), so a run resumed at epoch e draws exactly what an unbroken run drew.
-    ``seed`` is the run's seed (``seed=`` of train.py), not the data set's content seed: runs of a seed
-    sweep see differently augmented images of the same data set.
+    The epoch is the one the index carries (:class:`EpochIndex`, from :class:`EpochShuffleSampler`), else
+    the last :meth:`set_epoch` (direct access, ``first_items``, other samplers; ``LitClassifier`` sets it
+    each training epoch). So a run resumed at epoch e draws exactly what an unbroken run drew, with any
+    number of data-loader workers, persistent or not. ``seed`` is the run's seed (``seed=`` of train.py),
+    not the data set's content seed: runs of a seed sweep see differently augmented images of the same data.
     """
 
     stream = "augment"
@@ -59,18 +115,26 @@ class EpochSeededDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def draw(self, index: int, stream: str | None = None) -> int:
-        """A 63-bit integer for image ``index`` in this epoch: hash(seed, stream, epoch, index)."""
-        return hash_seed(self.seed, stream_id(stream or self.stream), self.epoch, int(index))
+    def epoch_of(self, index: int) -> int:
+        """The epoch image ``index`` is drawn for: the one it carries, else :meth:`set_epoch`'s."""
+        return getattr(index, "epoch", self.epoch)
 
-    def generator(self, index: int, stream: str | None = None) -> torch.Generator:
+    def draw(self, index: int, stream: str | None = None, *, epoch: int | None = None) -> int:
+        """A 63-bit integer for image ``index``: hash(seed, stream, epoch, index), the epoch by default
+        :meth:`epoch_of` ``index`` (pass ``epoch`` when the hashed id is not the index that came in)."""
+        epoch = self.epoch_of(index) if epoch is None else epoch
+        return hash_seed(self.seed, stream_id(stream or self.stream), epoch, int(index))
+
+    def generator(
+        self, index: int, stream: str | None = None, *, epoch: int | None = None
+    ) -> torch.Generator:
         """A CPU generator seeded with :meth:`draw`, for ``torch.rand(..., generator=)`` style draws."""
-        return torch.Generator().manual_seed(self.draw(index, stream))
+        return torch.Generator().manual_seed(self.draw(index, stream, epoch=epoch))
 
     @contextmanager
-    def seeded(self, index: int, stream: str | None = None) -> Iterator[None]:
+    def seeded(self, index: int, stream: str | None = None, *, epoch: int | None = None) -> Iterator[None]:
         """The global CPU random state seeded with :meth:`draw` inside, restored after: for transforms
         (torchvision's) that draw from the global state."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.draw(index, stream))
+            torch.manual_seed(self.draw(index, stream, epoch=epoch))
             yield

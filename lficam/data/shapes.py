@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lficam.data.seeding import hash_seed
+
 SHAPES = ("disk", "square", "triangle", "star", "cross", "ring", "crescent", "heart", "ell", "bowtie")
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _DRAWS = 160  # uniform numbers per image; fixed so that adding a parameter never shifts existing images
@@ -89,14 +91,6 @@ def _per_image_noise(indices: Tensor, split: str, seed: int, size: int) -> Tenso
         generator = torch.Generator().manual_seed(hash_seed(seed, 10 + _SPLIT_IDS[split], index))
         rows.append(torch.randn(3, size, size, generator=generator))
     return torch.stack(rows)
-
-
-def hash_seed(seed: int, split: int, index: int) -> int:
-    """A 63-bit seed from (seed, split, index), stable across platforms (no Python ``hash``)."""
-    x = (seed * 0x9E3779B97F4A7C15 + split * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) % (1 << 64)
-    x ^= x >> 31
-    x = (x * 0xD6E8FEB86659FD93) % (1 << 64)
-    return x >> 1
 
 
 def _grid(size: int, supersample: int) -> tuple[Tensor, Tensor]:

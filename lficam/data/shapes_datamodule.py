@@ -7,22 +7,24 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from lficam.data.base import ClassificationDataModule
-from lficam.data.shapes import SHAPES, ShapesConfig, hash_seed, render
+from lficam.data.seeding import EpochSeededDataset
+from lficam.data.shapes import SHAPES, ShapesConfig, render
 from lficam.errors import UserError
 
 _CHUNK = 512  # images rendered at once: bounds memory at large image sizes
 
 
-class ShapesDataset(Dataset):
+class ShapesDataset(EpochSeededDataset):
     """One split of the synthetic shapes, held in memory as uint8 and normalised per item.
 
-    With ``augment``, an image and its mask are flipped horizontally when hash(seed, epoch, index) is odd:
-    augmentation is a function of the epoch and the image, not of a global random state, so a resumed
+    With ``augment``, an image and its mask are flipped horizontally when hash(seed, "flip", epoch, index) is
+    odd: a function of the run's seed, the epoch and the image, not of a global random state, so a resumed
     run sees the same images as an unbroken one.
     """
+
+    stream = "flip"
 
     def __init__(
         self,
@@ -35,15 +37,10 @@ class ShapesDataset(Dataset):
         augment: bool = False,
         seed: int = 0,
     ) -> None:
+        super().__init__(seed=seed, augment=augment)
         self.images, self.labels, self.masks = images, labels, masks
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
-        self.augment = augment
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,13 +48,16 @@ class ShapesDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         image = (self.images[index].float() / 255 - self.mean) / self.std
         mask = self.masks[index]
-        if self.augment and hash_seed(self.seed, 1000 + self.epoch, index) & 1:
+        if self.augment and self.draw(index) & 1:
             image, mask = image.flip(-1), mask.flip(-1)
         return {"image": image, "label": self.labels[index], "mask": mask, "index": torch.tensor(index)}
 
 
 class ShapesDataModule(ClassificationDataModule):
     """Synthetic shapes (design.md §4): deterministic per (seed, split, index), with object masks.
+
+    ``seed`` (``data.seed``) fixes the images; the flips of training images follow the run's seed
+    (``shuffle_seed``), like the training order.
 
     The rendered splits are cached in ``cache_dir`` (when given) as tensor-only files keyed by every
     parameter, so a second run starts at once.
@@ -122,7 +122,7 @@ class ShapesDataModule(ClassificationDataModule):
     def _dataset(self, split: str, augment: bool) -> ShapesDataset:
         images, labels, masks = self.render_split(split)
         return ShapesDataset(
-            images, labels, masks, mean=self.mean, std=self.std, augment=augment, seed=self.config.seed
+            images, labels, masks, mean=self.mean, std=self.std, augment=augment, seed=self.shuffle_seed
         )
 
     def setup(self, stage: str | None = None) -> None:

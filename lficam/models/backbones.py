@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from lficam.errors import UnknownNameError, UserError
 from lficam.models.init import he_init
+from lficam.tensor_files import TensorFileError, read_safetensors_file, read_torch_file
 
 
 @dataclass(frozen=True)
@@ -85,22 +85,18 @@ def create_backbone(name: str, **options: object) -> Backbone:
 def load_weights_file(path: str | Path) -> dict[str, Tensor]:
     """Read a state dict from a ``.safetensors`` file or a tensor-only ``.pt``/``.pth`` file.
 
-    Pickled code is never executed: ``torch.load`` runs with ``weights_only=True``.
+    Pickled code is never executed and no size field of the file is trusted (:mod:`lficam.tensor_files`).
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"Backbone weights file {str(path)!r} does not exist; give the path of a state dict.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a pickle with code in it, or not a torch file at all
+        state = read_safetensors_file(path)[0] if path.suffix == ".safetensors" else read_torch_file(path)
+    except TensorFileError as error:
         raise UserError(
-            f"Could not read {str(path)!r} as a plain state dict ({type(error).__name__}); "
+            f"Could not read {str(path)!r} as a plain state dict ({error}); "
             "save the weights with torch.save(model.state_dict(), path) or as safetensors."
-        ) from error
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -1,0 +1,281 @@
+"""Fuzzing every reader of a user file: CIFAR batches (Python pickles and binary records, class-name files),
+images of an image folder, checkpoints, safetensors exports and backbone weights files.
+
+Each test starts from a valid file of the kind, edits it (tests/fuzzing.py) and asserts that the reader
+succeeds or says one sentence (UserError), with bounded memory. ``LFICAM_FUZZ_EXAMPLES=20000`` runs a long
+budget of random examples per test instead of the suite's fixed, derandomised one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import zipfile
+import zlib
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+from safetensors.torch import save as save_safetensors
+
+import lficam
+from lficam.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from lficam.data.image_folder import ImageFileDataset, ImageFolderDataModule
+from lficam.errors import UserError
+from lficam.loading import METADATA_KEY, read_checkpoint, read_safetensors
+from lficam.models.backbones import load_weights_file
+from lficam.models.torchvision_resnet import load_into
+from tests.fuzzing import bounded_memory, check_reader, file_bytes, fuzz_settings, mutated
+
+MODEL = {"backbone": "cifar_resnet20", "num_classes": 2, "attention": "none"}
+
+
+# --- valid files to start from ---------------------------------------------------------------------------
+
+
+def _cifar_batch(protocol: int, labels: str = "labels") -> bytes:
+    images = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+    batch = {b"batch_label": b"training batch 1 of 5", labels.encode(): [3, 7], b"data": images}
+    batch[b"filenames"] = [b"a.png", b"b.png"]
+    data = pickle.dumps(batch, protocol=protocol)
+    # the authors' files were written by Python 2, whose numpy lived under numpy.core
+    return data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray") if protocol == 2 else data
+
+
+CIFAR10_BATCHES = (_cifar_batch(2), _cifar_batch(4))
+CIFAR100_BATCHES = (_cifar_batch(2, "fine_labels"), _cifar_batch(4, "coarse_labels"))
+CIFAR_META = pickle.dumps({b"label_names": [b"airplane", b"automobile"] * 5, b"num_vis": 3072}, protocol=2)
+CIFAR_BINARY = bytes(range(256)) * 36 + bytes(3 * 3073 - 256 * 36)  # three records, label bytes 0, 3, 6
+
+
+def _image(format: str, **options: object) -> bytes:
+    pixels = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3) * 5
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+IMAGES = tuple(_image(f) for f in ("PNG", "JPEG", "GIF", "BMP", "PPM", "TIFF", "WEBP"))
+
+
+@cache
+def _network() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return lficam.create_model(**MODEL).state_dict()
+
+
+@cache
+def _checkpoints() -> tuple[bytes, bytes]:
+    """A whole checkpoint of a small model, and one with a single tensor (its structure is all header)."""
+    files = []
+    for state in (_network(), {"fc.bias": torch.zeros(2)}):
+        checkpoint = {
+            "epoch": 0,
+            "state_dict": {f"net.{k}": v for k, v in state.items()},
+            "hyper_parameters": {"model_config": MODEL},
+            "ShapesDataModule": {"lficam_input": {"image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}},
+        }
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        files.append(buffer.getvalue())
+    return tuple(files)
+
+
+@cache
+def _exports() -> tuple[bytes, bytes]:
+    metadata = {METADATA_KEY: json.dumps({"model_config": MODEL, "input": {"image_size": 16}})}
+    return save_safetensors(_network(), metadata), save_safetensors({"fc.bias": torch.zeros(2)}, metadata)
+
+
+@cache
+def _weights() -> tuple[bytes, bytes]:
+    state = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.running_mean": torch.zeros(64)}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue(), save_safetensors(state)
+
+
+@st.composite
+def _member_mutated(draw: st.DrawFn, archive: bytes, suffix: str) -> bytes:
+    """A torch zip whose member ending in ``suffix`` (the pickle) is mutated, the archive itself intact."""
+    source, out = zipfile.ZipFile(io.BytesIO(archive)), io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            content = source.read(info.filename)
+            target.writestr(info, draw(mutated(content)) if info.filename.endswith(suffix) else content)
+    return out.getvalue()
+
+
+@st.composite
+def _header_mutated(draw: st.DrawFn, export: bytes) -> bytes:
+    """A safetensors file whose JSON header is mutated, its length prefix rewritten to match."""
+    length = int.from_bytes(export[:8], "little")
+    header = draw(mutated(export[8 : 8 + length], hot=64))
+    return len(header).to_bytes(8, "little") + header + export[8 + length :]
+
+
+# --- the readers -------------------------------------------------------------------------------------------
+
+
+def _cifar_python(module: type) -> object:
+    return lambda path: module(path.parent)._python_arrays(path)
+
+
+@fuzz_settings(default=150)
+@given(content=file_bytes(*CIFAR10_BATCHES), variant=st.sampled_from((CIFAR10DataModule, CIFAR100DataModule)))
+def test_cifar_python_batch(content: bytes, variant: type) -> None:
+    check_reader(_cifar_python(variant), content, "data_batch_1")
+
+
+@fuzz_settings(default=50)
+@given(content=file_bytes(*CIFAR100_BATCHES))
+def test_cifar100_python_batch(content: bytes) -> None:
+    check_reader(_cifar_python(CIFAR100DataModule), content, "train")
+
+
+@fuzz_settings(default=50)
+@given(content=file_bytes(CIFAR_META))
+def test_cifar_python_class_names(content: bytes) -> None:
+    check_reader(
+        lambda p: CIFAR10DataModule(p.parent)._class_names("python", p.parent), content, "batches.meta"
+    )
+
+
+@fuzz_settings(default=50)
+@given(content=file_bytes(CIFAR_BINARY), variant=st.sampled_from((CIFAR10DataModule, CIFAR100DataModule)))
+def test_cifar_binary_batch(content: bytes, variant: type) -> None:
+    check_reader(lambda p: variant(p.parent)._read("binary", p.parent, [p.name]), content, "data_batch_1.bin")
+
+
+@fuzz_settings(default=30)
+@given(content=file_bytes(b"airplane\nautomobile\n" * 5))
+def test_cifar_binary_class_names(content: bytes) -> None:
+    check_reader(
+        lambda p: CIFAR10DataModule(p.parent)._class_names("binary", p.parent), content, "batches.meta.txt"
+    )
+
+
+_FOLDER = ImageFolderDataModule("unused", num_classes=2, image_size=16)
+
+
+@fuzz_settings(default=150)
+@given(content=file_bytes(*IMAGES), train=st.booleans())
+def test_image_folder_image(content: bytes, train: bool) -> None:
+    def read(path: Path) -> object:
+        return ImageFileDataset([(path, 0)], _FOLDER.transforms(train), random=train)[0]
+
+    check_reader(read, content, "image.jpg")
+
+
+@fuzz_settings(default=100)
+@given(content=st.one_of(file_bytes(*_checkpoints()), _member_mutated(_checkpoints()[1], "data.pkl")))
+def test_checkpoint(content: bytes) -> None:
+    check_reader(read_checkpoint, content, "last.ckpt")
+
+
+@fuzz_settings(default=60)
+@given(content=st.one_of(file_bytes(*_checkpoints()), _member_mutated(_checkpoints()[0], "data.pkl")))
+def test_checkpoint_load(content: bytes) -> None:
+    check_reader(lficam.load, content, "last.ckpt")
+
+
+@fuzz_settings(default=100)
+@given(content=st.one_of(file_bytes(*_exports()), *(_header_mutated(e) for e in _exports())))
+def test_safetensors_export(content: bytes) -> None:
+    check_reader(read_safetensors, content, "model.safetensors")
+
+
+@fuzz_settings(default=60)
+@given(content=st.one_of(file_bytes(*_exports()), _header_mutated(_exports()[0])))
+def test_safetensors_export_load(content: bytes) -> None:
+    check_reader(lficam.load, content, "model.safetensors")
+
+
+@cache
+def _resnet18() -> torch.nn.Module:
+    import torchvision
+
+    return torchvision.models.resnet18(weights=None)
+
+
+@fuzz_settings(default=100)
+@given(
+    content=st.one_of(file_bytes(*_weights()), _member_mutated(_weights()[0], "data.pkl")),
+    suffix=st.sampled_from((".pth", ".safetensors")),
+)
+def test_backbone_weights_file(content: bytes, suffix: str) -> None:
+    check_reader(lambda path: load_into(_resnet18(), path, "resnet18"), content, f"weights{suffix}")
+
+
+def test_the_valid_files_are_read() -> None:
+    """The fuzzed files start out valid: what the fuzz finds is about the edits."""
+    check_reader(_cifar_python(CIFAR10DataModule), CIFAR10_BATCHES[0], "data_batch_1")
+    check_reader(_cifar_python(CIFAR10DataModule), CIFAR10_BATCHES[1], "data_batch_1")
+    check_reader(lficam.load, _checkpoints()[0], "last.ckpt")
+    check_reader(lficam.load, _exports()[0], "model.safetensors")
+    for content in _weights():
+        check_reader(lambda p: load_weights_file(p), content, "w.pth")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x80\x04\x8e" + (2**62).to_bytes(8, "little"),  # BINBYTES8 of 2^62 bytes, 11 bytes: MemoryError
+        b"\x80\x04\x8e" + (2**63 + 5).to_bytes(8, "little"),  # past PY_SSIZE_T_MAX: OverflowError
+        b"\x80\x02Nr\xff\xff\xff\x7f.",  # LONG_BINPUT 2^31-1: a zero-filled 16 GiB memo
+        b"\x80\x04\x95" + (2**62).to_bytes(8, "little") + b"N.",  # a FRAME of 2^62 bytes
+    ],
+    ids=["binbytes8", "overflow", "memo", "frame"],
+)
+def test_a_pickles_size_fields_are_not_obeyed(content: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(content)
+    with (
+        bounded_memory(),
+        pytest.raises(UserError, match=r"^Refusing .*(declares more bytes|out of sequence)"),
+    ):
+        CIFAR10DataModule(tmp_path)._python_arrays(path)
+
+
+def test_an_arrays_shape_must_match_its_bytes(tmp_path: Path) -> None:
+    data = _cifar_batch(2)
+    shape = b"K\x02M\x00\x0c\x86"  # (2, 3072): BININT1 2, BININT2 3072, TUPLE2
+    assert data.count(shape) == 1
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(data.replace(shape, b"\x8a\x06" + (2**40).to_bytes(6, "little") + shape[2:]))  # LONG1
+    with (
+        bounded_memory(),
+        pytest.raises(UserError, match=r"an array of shape \(1099511627776, 3072\) comes with"),
+    ):
+        CIFAR10DataModule(tmp_path)._python_arrays(path)
+
+
+def test_a_model_config_is_not_built_before_its_shapes_match(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    metadata = {METADATA_KEY: json.dumps({"model_config": {**MODEL, "num_classes": 10**12}})}
+    path.write_bytes(save_safetensors({"fc.bias": torch.zeros(2)}, metadata))
+    with bounded_memory(), pytest.raises(UserError, match=r"do not fit 'cifar_resnet20'"):
+        lficam.load(path)
+
+
+def test_a_legacy_torch_file_is_refused_with_how_to_convert_it(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(UserError, match=r"format of PyTorch before 1\.6.*re-save it with torch\.save"):
+        load_weights_file(path)
+
+
+def test_an_image_past_the_decompression_bomb_limit_is_one_sentence(tmp_path: Path) -> None:
+    png = bytearray(_image("PNG"))
+    png[16:24] = (15000).to_bytes(4, "big") * 2  # IHDR width and height: 225 million pixels
+    png[29:33] = zlib.crc32(bytes(png[12:29])).to_bytes(4, "big")
+    path = tmp_path / "huge.png"
+    path.write_bytes(bytes(png))
+    with bounded_memory(), pytest.raises(UserError, match=r"its 225000000 pixels exceed PIL's limit of \d+"):
+        ImageFileDataset([(path, 0)], _FOLDER.transforms(False))[0]
