@@ -7,6 +7,10 @@
    (ResNet-20 LFI-CAM, 32 px) with a smaller training set, fitted for a few epochs with the metrics off,
    with the defaults of conf/train.yaml, and with the costly faithfulness metrics on every epoch.
    Wall time (shared machines are noisy) and this process's CPU time are both reported.
+3. ``eval.py``'s two protocols (conf/eval.yaml) side by side on one checkpoint of the default config
+   (trained for a few batches: the cost does not depend on the weights): ``eval.protocol=quick`` (the
+   default) and ``eval.protocol=full``, both on ``--eval-images`` test images (default: each protocol's own
+   number) and a ``--eval-test-size`` test split; wall and CPU time per group of stages and the ratio.
 """
 
 from __future__ import annotations
@@ -163,6 +167,79 @@ def bench_overhead(train_size: int, epochs: int, repeats: int) -> None:
         )
 
 
+def _stage_group(stage: str) -> str:
+    if stage in ("test split", "total"):
+        return stage
+    kind = stage.split(": ", 1)[1]
+    return {"maps": "CAM maps", "deletion, insertion": "deletion, insertion", "ROAD": "ROAD"}.get(
+        kind, "other"
+    )
+
+
+def bench_protocols(images: int | None, test_size: int) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from lficam.evaluate import evaluate_checkpoint
+    from lficam.train import train
+
+    root = Path(__file__).resolve().parents[1]
+    work = Path(tempfile.mkdtemp(prefix="lficam-bench-eval-"))
+    paths = [f"paths.root_dir={root}", f"paths.data_dir={work / 'data'}", f"paths.log_dir={work / 'logs'}"]
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        run = compose(
+            "train",
+            overrides=[
+                *paths,
+                f"data.test_size={test_size}",
+                "trainer.max_epochs=1",
+                "+trainer.limit_train_batches=2",
+                "+trainer.limit_val_batches=1",
+                "+trainer.enable_progress_bar=false",
+                "+trainer.enable_model_summary=false",
+                "test=false",
+                "logger=none",
+                "callbacks=none",
+                f"paths.output_dir={work / 'run'}",
+            ],
+        )
+        train(run)
+        checkpoint = next((work / "run").rglob("*.ckpt"))
+        reports = {}
+        for protocol in ("quick", "full"):
+            overrides = [
+                f"ckpt_path={checkpoint}",
+                f"eval.protocol={protocol}",
+                f"paths.output_dir={work / protocol}",
+            ]
+            if images:
+                overrides.append(f"eval.num_images={images}")
+            cfg = compose("eval", overrides=overrides)
+            reports[protocol] = evaluate_checkpoint(cfg)
+    groups = ["test split", "CAM maps", "deletion, insertion", "ROAD", "other", "total"]
+    sums = {p: {g: [0.0, 0.0] for g in groups} for p in reports}
+    for p, report in reports.items():
+        for stage, wall in report["wall_time_s"].items():
+            sums[p][_stage_group(stage)][0] += wall
+            sums[p][_stage_group(stage)][1] += report["cpu_time_s"][stage]
+    quick, full = reports["quick"]["protocol"], reports["full"]["protocol"]
+    print(
+        f"\n## eval.py protocols: default config (ResNet-20 LFI-CAM, 32 px shapes), {test_size} test images for "
+        f"accuracy, own map + {len(reports['quick']['maps']) - 1} CAMs, {torch.get_num_threads()} CPU threads\n"
+    )
+    print(
+        f"quick: {quick['num_images']} images, {quick['curve_steps']} deletion/insertion steps "
+        f"({quick['pixels_per_step']} px each), ROAD at {len(quick['road_percentages'])} levels; "
+        f"full: {full['num_images']} images, {full['curve_steps']} steps ({full['pixels_per_step']} px each), "
+        f"ROAD at {len(full['road_percentages'])} levels\n"
+    )
+    print("| stages | quick wall s | quick CPU s | full wall s | full CPU s | full / quick (CPU) |")
+    print("|---|---|---|---|---|---|")
+    for g in groups:
+        (qw, qc), (fw, fc) = sums["quick"][g], sums["full"][g]
+        ratio = f"{fc / qc:.1f}×" if qc > 0 else "—"
+        print(f"| {g} | {qw:.1f} | {qc:.1f} | {fw:.1f} | {fc:.1f} | {ratio} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
@@ -171,11 +248,21 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument(
+        "--eval-images", type=int, default=None, help="test images per protocol (default: its own)"
+    )
+    parser.add_argument(
+        "--eval-test-size", type=int, default=1000, help="test split size (the default config's)"
+    )
+    parser.add_argument("--only", choices=["deletion", "overhead", "protocols"], default=None)
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
-    bench_deletion(args.images, args.batch_size, args.repeats)
-    if not args.skip_overhead:
+    if args.only in (None, "deletion"):
+        bench_deletion(args.images, args.batch_size, args.repeats)
+    if args.only in (None, "overhead") and not args.skip_overhead:
         bench_overhead(args.train_size, args.epochs, args.repeats)
+    if args.only in (None, "protocols"):
+        bench_protocols(args.eval_images, args.eval_test_size)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 cross-run stability. ``eval.py`` at the top calls :func:`run_eval`.
 
     python eval.py ckpt_path=<run>/checkpoints/last.ckpt eval.cams=[gradcam,scorecam]
+    python eval.py ckpt_path=<ckpt> eval.protocol=full     # the paper-scale protocol (conf/eval.yaml)
     python eval.py stability.runs=<sweep folder>            # or [a.ckpt,b.ckpt,...]
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,11 @@ from torch import Tensor, nn
 from lficam import cams as cam_methods
 from lficam import metrics as M
 from lficam.data.base import first_items
-from lficam.errors import UserError
+from lficam.errors import UnknownNameError, UserError
 from lficam.loading import load, read_checkpoint
-from lficam.module import upsample_maps
+from lficam.maps import upsample
+from lficam.metrics.faithfulness import default_pixels_per_step
+from lficam.progress import StageProgress
 
 log = logging.getLogger("lficam")
 
@@ -45,6 +47,8 @@ METRICS: dict[str, tuple[bool, bool]] = {
     "stability_noise_iou": (True, False),
     "stability_flip_iou": (True, False),
 }
+#: the keys a protocol sets (conf/eval.yaml ``protocols``); an ``eval.<key>`` that is not null overrides it
+PROTOCOL_KEYS = ("num_images", "curve_steps", "road_percentages")
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -74,101 +78,148 @@ def build_test_data(data_config: dict[str, Any], data_dir: str | None, overrides
     return datamodule
 
 
-def first_test_images(datamodule: Any, count: int) -> dict[str, Tensor]:
-    """The first ``count`` test images as one batch: the same images, by index, for every model and run."""
-    return first_items(datamodule.test_set, count)
+def protocol_options(options: DictConfig, protocols: DictConfig | None) -> dict[str, Any]:
+    """The protocol's values (``protocols[eval.protocol]``) with every ``eval.<key>`` that is not null on top."""
+    name = options.get("protocol") or "quick"
+    protocols = protocols or {}
+    if name not in protocols:
+        raise UnknownNameError("eval.protocol", name, list(protocols))
+    chosen = OmegaConf.to_container(protocols[name], resolve=True)
+    given = {k: options.get(k) for k in PROTOCOL_KEYS if options.get(k) is not None}
+    chosen.update(OmegaConf.to_container(OmegaConf.create(given), resolve=True))
+    return {"protocol": name, **chosen}
 
 
 # ------------------------------------------------------------------------------------------- computing
 
 
 @torch.no_grad()
-def accuracy_on_test_split(
-    model: nn.Module, datamodule: Any, device: torch.device, progress: Any = None
-) -> dict[str, float]:
-    """Top-1/top-5 accuracy and mean cross-entropy over the whole test split."""
+def pass_over_test_split(
+    model: nn.Module, datamodule: Any, device: torch.device, num_images: int
+) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """One pass over the test split, as the training module's test: top-1/top-5 accuracy and mean
+    cross-entropy of every image, and the first ``num_images`` images kept with their labels, ids, masks,
+    and own maps at image size (the maps every metric of the own map then uses)."""
     correct1 = correct5 = total = 0
     loss = 0.0
-    loader = datamodule.test_dataloader()
-    task = progress.add_task("test accuracy", total=len(loader)) if progress else None
-    for batch in loader:
+    kept: dict[str, list[Tensor]] = {}
+    classes = 0
+    for batch in datamodule.test_dataloader():
         x, y = batch["image"].to(device), batch["label"].to(device)
-        logits = model(x).logits.float()
+        output = model(x)
+        logits = output.logits.float()
+        classes = logits.shape[1]
         loss += F.cross_entropy(logits, y, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top = logits.topk(min(5, classes), dim=1).indices
         correct1 += (top[:, 0] == y).sum().item()
         correct5 += (top == y[:, None]).any(dim=1).sum().item()
+        room = num_images - total
+        if room > 0:
+            part = {k: v[:room].to(device) for k, v in batch.items() if isinstance(v, Tensor)}
+            part["maps"] = upsample(output.attention[:room], x.shape[-2:])
+            for key, value in part.items():
+                kept.setdefault(key, []).append(value)
         total += len(y)
-        if progress:
-            progress.advance(task)
+    if total == 0:
+        raise UserError(
+            f"The test split of {type(datamodule).__name__} is empty: evaluate on data with test images "
+            "(e.g. data.test_size=1000, or data=<name> with a test split)."
+        )
     result = {"acc": correct1 / total, "loss": loss / total}
-    if logits.shape[1] > 5:
+    if classes > 5:
         result["acc_top5"] = correct5 / total
-    return result
+    return result, {key: torch.cat(parts) for key, parts in kept.items()}
 
 
 def own_maps(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
-    """The model's own attention maps, upsampled bilinearly to the images' size (B×H×W in [0, 1])."""
-    size = tuple(images.shape[-2:])
+    """The model's own attention maps at the images' size (B×H×W in [0, 1]), from one forward pass."""
     with torch.no_grad():
-        return torch.cat([upsample_maps(model(chunk).attention, size) for chunk in images.split(batch_size)])
+        return torch.cat(
+            [upsample(model(chunk).attention, images.shape[-2:]) for chunk in images.split(batch_size)]
+        )
 
 
-def method_maps(name: str, model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
-    """Maps of the own attention (``own``) or of a post-hoc CAM method, for the predicted classes."""
-    if name == OWN:
-        return own_maps(model, images, batch_size)
+def cam_maps(name: str, model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+    """Maps of a post-hoc CAM method for the predicted classes, at the images' size."""
     cam = cam_methods.create(name, model)
     return torch.cat([cam(chunk) for chunk in images.split(batch_size)])
 
 
 def map_quality(
     model: nn.Module,
-    images: Tensor,
+    probe: dict[str, Tensor],
     maps: Tensor,
-    masks: Tensor | None,
-    *,
-    faithfulness: bool,
-    road: bool,
-    batch_size: int,
-    pixels_per_step: int | None,
-    stability_fn: Callable[[Tensor], Tensor] | None = None,
+    options: dict[str, Any],
+    progress: StageProgress,
+    method: str,
 ) -> tuple[dict[str, float], dict[str, Tensor]]:
-    """Every metric of method.md §4 for one set of maps: the mean over images (NaN left out), and curves."""
-    values: dict[str, Tensor] = {}
+    """Every metric of method.md §4 for one set of maps of the probe images: means over the images (NaN
+    left out; the pointing game per class, then over classes, as in training) and the deletion/insertion
+    curves. ``options``: the protocol's values and the switches of conf/eval.yaml."""
+    images, batch = probe["image"], options["batch_size"]
+    values: dict[str, Tensor | float] = {}
     curves: dict[str, Tensor] = {}
-    if masks is not None:
-        side = max(images.shape[-2:])
-        values["pointing_game"] = M.pointing_game(maps, masks, tolerance=15 * side / 224)
-        values["energy_pointing_game"] = M.energy_pointing_game(maps, masks)
-        values["mask_iou"] = M.mask_iou(maps, masks)
-    if faithfulness:
-        fractions, deletion = M.deletion_curve(
-            model, images, maps, pixels_per_step=pixels_per_step, batch_size=batch_size
-        )
-        _, insertion = M.insertion_curve(
-            model, images, maps, pixels_per_step=pixels_per_step, batch_size=batch_size
-        )
+    if "mask" in probe:
+        with progress.stage(f"{method}: localisation"):
+            pointing = M.PointingGame(options["num_classes"]).to(images.device)
+            pointing.update(maps, probe["mask"], probe["label"])
+            values["pointing_game"] = float(pointing.compute())
+            values["energy_pointing_game"] = M.energy_pointing_game(maps, probe["mask"])
+            values["mask_iou"] = M.mask_iou(maps, probe["mask"])
+    if options["faithfulness"]:
+        steps = {"pixels_per_step": options["pixels_per_step"], "batch_size": batch}
+        with progress.stage(f"{method}: deletion, insertion"):
+            fractions, deletion = M.deletion_curve(model, images, maps, **steps)
+            _, insertion = M.insertion_curve(model, images, maps, **steps)
         values["deletion_auc"] = torch.trapezoid(deletion, fractions, dim=1)
         values["insertion_auc"] = torch.trapezoid(insertion, fractions, dim=1)
         curves = {"fractions": fractions, "deletion": deletion, "insertion": insertion}
-        values["average_drop"] = M.average_drop(model, images, maps, batch_size=batch_size)
-        values["increase_in_confidence"] = M.increase_in_confidence(
-            model, images, maps, batch_size=batch_size
-        )
-    if road:
-        scores = M.road(model, images, maps, batch_size=batch_size)
-        values["road_morf"], values["road_lerf"], values["road_combined"] = (
-            scores.morf,
-            scores.lerf,
-            scores.combined,
-        )
-    if stability_fn is not None:
-        for kind in ("noise", "flip"):
-            values[f"stability_{kind}_iou"] = M.perturbation_stability(
-                stability_fn, images, kind, batch_size=batch_size
-            ).iou
-    return {k: _nanmean(v) for k, v in values.items()}, curves
+        with progress.stage(f"{method}: average drop, increase in confidence"):
+            clean, masked = M.masked_scores(model, images, maps, batch_size=batch)
+        values["average_drop"] = M.drop_from_scores(clean, masked)
+        values["increase_in_confidence"] = M.increase_from_scores(clean, masked)
+    if options["road"]:
+        with progress.stage(f"{method}: ROAD"):
+            scores = M.road(
+                model, images, maps, percentages=tuple(options["road_percentages"]), batch_size=batch
+            )
+        values.update(road_morf=scores.morf, road_lerf=scores.lerf, road_combined=scores.combined)
+    if method == OWN:
+        with progress.stage(f"{method}: stability"):
+            for kind in ("noise", "flip"):
+                values[f"stability_{kind}_iou"] = M.perturbation_stability(
+                    M.attention_map_fn(model),
+                    images,
+                    kind,
+                    batch_size=batch,
+                    base_maps=maps,
+                ).iou
+    return {k: v if isinstance(v, float) else _nanmean(v) for k, v in values.items()}, curves
+
+
+def stage_costs(
+    methods: list[str], options: dict[str, Any], has_masks: bool, test_size: int, channels: int
+) -> dict[str, float]:
+    """Every stage of :func:`evaluate_checkpoint` and its relative cost, for the estimate of the time left.
+
+    The unit is one test image through the model in the test pass; the factors were measured with a CIFAR
+    ResNet-20 on a CPU (a perturbed image costs about 2, a ROAD imputation about 14, a Score-CAM mask 4)."""
+    n = options["num_images"]
+    points = math.ceil(options["image_pixels"] / options["pixels_per_step"]) + 1
+    costs = {"test split": float(test_size)}
+    for method in methods:
+        if method != OWN:
+            costs[f"{method}: maps"] = n * (4.0 * (channels + 1) if method == "scorecam" else 5.0)
+        if has_masks:
+            costs[f"{method}: localisation"] = 0.1 * n
+        if options["faithfulness"]:
+            costs[f"{method}: deletion, insertion"] = 2.0 * 2 * n * points
+            costs[f"{method}: average drop, increase in confidence"] = 4.0 * n
+        if options["road"]:
+            costs[f"{method}: ROAD"] = 14.0 * 2 * n * len(options["road_percentages"])
+        if method == OWN:
+            costs[f"{method}: stability"] = 11.0 * n  # four noise draws and a flip
+    return costs
 
 
 def _nanmean(values: Tensor) -> float:
@@ -179,15 +230,48 @@ def _nanmean(values: Tensor) -> float:
 # ------------------------------------------------------------------------------------------- reporting
 
 
+def _label(metric: str) -> str:
+    return f"{metric} {'↑' if METRICS[metric][0] else '↓'}"
+
+
+def _cell(row: dict[str, float], metric: str) -> str:
+    value = row.get(metric)
+    return "—" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
 def markdown_table(results: dict[str, dict[str, float]]) -> str:
-    """Methods as rows, metrics as columns (↑ higher is better, ↓ lower)."""
+    """Metrics as rows, methods as columns (↑ higher is better, ↓ lower)."""
     names = [m for m in METRICS if any(m in r for r in results.values())]
-    header = "| method | " + " | ".join(f"{n} {'↑' if METRICS[n][0] else '↓'}" for n in names) + " |"
-    lines = [header, "|" + "---|" * (len(names) + 1)]
-    for method, row in results.items():
-        cells = [("—" if n not in row or math.isnan(row[n]) else f"{row[n]:.4f}") for n in names]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines = ["| metric | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+    lines += [f"| {_label(n)} | " + " | ".join(_cell(r, n) for r in results.values()) + " |" for n in names]
     return "\n".join(lines) + "\n"
+
+
+def results_tables(title: str, results: dict[str, dict[str, float]], width: int = 80) -> list[Any]:
+    """Rich tables with metrics as rows and methods as columns, as many methods per table as fit ``width``."""
+    from rich import box
+    from rich.table import Table
+
+    names = [m for m in METRICS if any(m in r for r in results.values())]
+    label_width = max(len(_label(n)) for n in names) if names else 6
+    methods, groups, used = list(results), [[]], label_width
+    for method in methods:
+        column = max(len(method), 7) + 3  # 3: padding on both sides and the column separator
+        if groups[-1] and used + column > width:
+            groups.append([])
+            used = label_width
+        groups[-1].append(method)
+        used += column
+    tables = []
+    for group in groups:
+        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+        table.add_column("metric", no_wrap=True)
+        for method in group:
+            table.add_column(method, justify="right", no_wrap=True)
+        for n in names:
+            table.add_row(_label(n), *[_cell(results[m], n) for m in group])
+        tables.append(table)
+    return tables
 
 
 def save_curves(path: Path, curves: dict[str, dict[str, Tensor]]) -> Path:
@@ -214,87 +298,82 @@ def save_curves(path: Path, curves: dict[str, dict[str, Tensor]]) -> Path:
     return path
 
 
-def print_table(title: str, results: dict[str, dict[str, float]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    names = [m for m in METRICS if any(m in r for r in results.values())]
-    table = Table(title=title)
-    table.add_column("method")
-    for n in names:
-        table.add_column(f"{n} {'↑' if METRICS[n][0] else '↓'}", justify="right")
-    for method, row in results.items():
-        table.add_row(
-            method, *[("—" if n not in row or math.isnan(row[n]) else f"{row[n]:.3f}") for n in names]
-        )
-    Console().print(table)
-
-
 # ----------------------------------------------------------------------------------------- the commands
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """``python eval.py ckpt_path=…``: accuracy, then every metric for the own map and each CAM method."""
-    from rich.progress import Progress
+    from rich.console import Console
 
     from lficam.viz import save_overlay_grid
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load(cfg.ckpt_path, map_location=device)
-    data_config = _data_config(cfg)
-    datamodule = build_test_data(data_config, cfg.paths.data_dir, dict(cfg.eval.get("data_overrides") or {}))
-    options = cfg.eval
-    methods = [OWN, *[cam_methods.method_name(m) for m in options.cams]]
+    model = load(cfg.ckpt_path, map_location=device).eval()
+    datamodule = build_test_data(
+        _data_config(cfg), cfg.paths.data_dir, dict(cfg.eval.get("data_overrides") or {})
+    )
+    options = {
+        **protocol_options(cfg.eval, cfg.get("protocols")),
+        "batch_size": cfg.eval.batch_size,
+        "faithfulness": cfg.eval.faithfulness,
+        "road": cfg.eval.road,
+    }
+    methods = [OWN, *[cam_methods.method_name(m) for m in cfg.eval.cams]]
+    first = datamodule.test_set[0]["image"] if len(datamodule.test_set) else torch.zeros(3, 1, 1)
+    height, width = first.shape[-2:]
+    options["image_pixels"] = height * width
+    options["pixels_per_step"] = cfg.eval.get("pixels_per_step") or default_pixels_per_step(
+        height, width, options["curve_steps"]
+    )
+    channels = getattr(getattr(model, "backbone", None), "out_channels", 64)
+    has_masks = bool(getattr(datamodule, "has_masks", False))
+    costs = stage_costs(methods, options, has_masks, len(datamodule.test_set), channels)
     report: dict[str, Any] = {
         "checkpoint": str(cfg.ckpt_path),
         "model_config": model.lficam_metadata["model_config"],
     }
-    with Progress() as progress:
-        report["test"] = accuracy_on_test_split(model, datamodule, device, progress)
-        batch = first_test_images(datamodule, options.num_images)
-        images = batch["image"].to(device)
-        masks = batch["mask"].to(device) if "mask" in batch else None
-        results: dict[str, dict[str, float]] = {}
-        curves: dict[str, dict[str, Tensor]] = {}
-        all_maps: dict[str, Tensor] = {}
-        task = progress.add_task("attention metrics", total=len(methods))
+    results: dict[str, dict[str, float]] = {}
+    curves: dict[str, dict[str, Tensor]] = {}
+    all_maps: dict[str, Tensor] = {}
+    with StageProgress(costs) as progress:
+        with progress.stage("test split"):
+            report["test"], probe = pass_over_test_split(model, datamodule, device, options["num_images"])
+        options["num_classes"] = int(report["model_config"]["num_classes"])
         for method in methods:
-            maps = method_maps(method, model, images, options.batch_size)
-            stability_fn = (lambda x: own_maps(model, x, options.batch_size)) if method == OWN else None
-            results[method], curves[method] = map_quality(
-                model,
-                images,
-                maps,
-                masks,
-                faithfulness=options.faithfulness,
-                road=options.road,
-                batch_size=options.batch_size,
-                pixels_per_step=options.get("pixels_per_step"),
-                stability_fn=stability_fn,
-            )
+            if method == OWN:
+                maps = probe["maps"]
+            else:
+                with progress.stage(f"{method}: maps"):
+                    maps = cam_maps(method, model, probe["image"], options["batch_size"])
+            results[method], curves[method] = map_quality(model, probe, maps, options, progress, method)
             all_maps[method] = maps.cpu()
-            progress.advance(task)
-    report["num_images"] = int(images.shape[0])
+    report["num_images"] = int(probe["image"].shape[0])
+    report["protocol"] = {k: options[k] for k in ("protocol", *PROTOCOL_KEYS, "pixels_per_step")}
     report["maps"] = results
+    report["wall_time_s"], report["cpu_time_s"] = progress.wall_times, progress.cpu_times
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=_json_float))
-    table = markdown_table(results)
     accuracy = ", ".join(f"{k} {v:.4f}" for k, v in report["test"].items())
-    (output_dir / "metrics.md").write_text(f"# {cfg.ckpt_path}\n\nTest: {accuracy}\n\n{table}")
-    if options.faithfulness:
+    (output_dir / "metrics.md").write_text(
+        f"# {cfg.ckpt_path}\n\nTest: {accuracy}\n\n{markdown_table(results)}"
+    )
+    if options["faithfulness"]:
         save_curves(output_dir / "deletion_insertion.png", curves)
-    shown = slice(0, min(8, images.shape[0]))
+    shown = slice(0, min(8, report["num_images"]))
     denormalize = getattr(datamodule, "denormalize", lambda t: t)
     save_overlay_grid(
         output_dir / "overlays.png",
-        denormalize(images[shown]).cpu(),
+        denormalize(probe["image"][shown]).cpu(),
         {m: all_maps[m][shown] for m in methods},
         columns=8,
     )
-    print(f"Test: {accuracy}")
-    print_table(f"Attention quality on {report['num_images']} test images", results)
-    print(f"Results written to {output_dir}")
+    console = Console()
+    console.print(f"Test: {accuracy}")
+    title = f"Attention quality on {report['num_images']} test images ({options['protocol']} protocol)"
+    for table in results_tables(title, results, width=min(console.width, 100)):
+        console.print(table)
+    console.print(f"Results written to {output_dir}")
     return report
 
 
@@ -310,6 +389,37 @@ def _json_float(value: Any) -> Any:
     return str(value)
 
 
+def best_checkpoint(folder: Path) -> Path:
+    """A run folder's best checkpoint, as its ModelCheckpoint recorded it: ``summary.json``'s
+    ``best_checkpoint``, else the ``best_model_path`` of the monitoring ModelCheckpoint's state inside
+    ``last.ckpt``; ``last.ckpt`` itself when neither names a file. A recorded path that no longer exists (the
+    run folder moved) is looked up by name in the folder's ``checkpoints/``."""
+    checkpoints = folder / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    summary = folder / "summary.json"
+    if summary.is_file():
+        recorded = [json.loads(summary.read_text()).get("best_checkpoint")]
+    elif last.is_file():
+        states = read_checkpoint(last).get("callbacks") or {}
+        recorded = [
+            s.get("best_model_path")
+            for key, s in states.items()
+            if str(key).startswith("ModelCheckpoint") and isinstance(s, dict) and s.get("monitor")
+        ]
+    else:
+        recorded = []
+    for path in (Path(str(p)) for p in recorded if p):
+        for candidate in (path, checkpoints / path.name):
+            if candidate.is_file():
+                return candidate
+    if last.is_file():
+        return last
+    raise UserError(
+        f"{str(folder)!r} records no best checkpoint and has no checkpoints/last.ckpt; list the checkpoints "
+        "to compare in stability.runs=[a.ckpt,b.ckpt]."
+    )
+
+
 def find_checkpoints(runs: Any) -> list[Path]:
     """Checkpoints of a sweep folder (one per run folder: the best, else last) or of a list of paths."""
     items = [runs] if isinstance(runs, str | Path) else list(runs)
@@ -319,10 +429,10 @@ def find_checkpoints(runs: Any) -> list[Path]:
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            folders = sorted({p.parent.parent for p in path.glob("**/checkpoints/*.ckpt")})
-            for folder in folders:
-                best = sorted((folder / "checkpoints").glob("epoch_*.ckpt"))
-                found.append(best[-1] if best else folder / "checkpoints" / "last.ckpt")
+            found += [
+                best_checkpoint(f)
+                for f in sorted({p.parent.parent for p in path.glob("**/checkpoints/*.ckpt")})
+            ]
         else:
             raise UserError(
                 f"stability.runs entry {str(path)!r} is neither a checkpoint nor a folder of runs."
@@ -358,18 +468,21 @@ def evaluate_stability(cfg: DictConfig) -> dict[str, Any]:
             )
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     datamodule = build_test_data(configs[0], cfg.paths.data_dir, {})
-    batch = first_test_images(datamodule, options.num_images)
+    batch = first_items(datamodule.test_set, options.num_images)
     images, ids = batch["image"].to(device), batch["index"]
     runs = []
-    for path in paths:
-        model = load(path, map_location=device)
-        runs.append(
-            {
-                "checkpoint": str(path),
-                "attention": model.lficam_metadata["model_config"].get("attention"),
-                "maps": own_maps(model, images, options.batch_size),
-            }
-        )
+    with StageProgress({str(p): 1.0 for p in paths}) as progress:
+        for path in paths:
+            with progress.stage(str(path)):
+                model = load(path, map_location=device).eval()
+                attention = model.lficam_metadata["model_config"].get("attention")
+                runs.append(
+                    {
+                        "checkpoint": str(path),
+                        "attention": attention,
+                        "maps": own_maps(model, images, options.batch_size),
+                    }
+                )
     n = len(runs)
     iou = torch.full((n, n), float("nan"))
     rho = torch.full((n, n), float("nan"))

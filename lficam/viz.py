@@ -10,8 +10,9 @@ import matplotlib
 matplotlib.use("Agg")  # headless: runs on servers and in CI
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from lficam.maps import upsample
 
 
 def colorize(maps: Tensor, cmap: str = "jet") -> Tensor:
@@ -27,10 +28,7 @@ def colorize(maps: Tensor, cmap: str = "jet") -> Tensor:
 
 def overlay(images: Tensor, maps: Tensor, alpha: float = 0.5) -> Tensor:
     """Blend maps (B×h×w, upsampled bilinearly to the images' size) over images (B×3×H×W in [0, 1])."""
-    if maps.shape[-2:] != images.shape[-2:]:
-        maps = F.interpolate(
-            maps.unsqueeze(1).float(), size=images.shape[-2:], mode="bilinear", align_corners=False
-        ).squeeze(1)
+    maps = upsample(maps, images.shape[-2:])
     return ((1 - alpha) * images + alpha * colorize(maps)).clamp(0, 1)
 
 

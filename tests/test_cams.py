@@ -148,6 +148,17 @@ def test_fam_with_reference_images_and_without_a_classifier() -> None:
         cams.create("fam", trunk)(x)
 
 
+def test_inputs_a_method_does_not_take_are_one_sentence() -> None:
+    x = one_conv_input()
+    with pytest.raises(UserError) as error:
+        cams.create("gradcam", OneConv())(x, reference=x)
+    assert str(error.value) == (
+        "GradCAM has no input reference= (it takes none); a reference is FAM's: lficam.cams.create('fam', model)."
+    )
+    with pytest.raises(UserError, match=r"FAM has no input refrence= \(it takes reference=\)\.$"):
+        cams.create("fam", OneConv())(x, refrence=x)
+
+
 class TinyCNN(nn.Module):
     def __init__(self, classes: int = 5) -> None:
         super().__init__()
@@ -223,7 +234,7 @@ def test_every_method_gives_unit_maps_at_the_input_size(model_name: str, method:
     # A map is flat (zeros: e.g. Grad-CAM of a class the image argues against) or spans [0, 1].
     assert set(maps.flatten(1).amax(dim=1).tolist()) <= {0.0, 1.0}
     raw = cam(x, raw=True)  # the predicted classes: random images should give a non-flat map
-    assert lficam.models.normalize.minmax_unit(raw).amax() == 1
+    assert lficam.maps.minmax(raw).amax() == 1
     with torch.no_grad():
         features = {}
         handle = cam.target_layer.register_forward_hook(lambda m, i, o: features.setdefault("a", o))
@@ -238,7 +249,7 @@ def test_cam_of_the_plain_model_is_its_own_map() -> None:
     with torch.no_grad():
         own = model.eval()(x).attention
     raw = cams.create("cam", model)(x, raw=True)
-    torch.testing.assert_close(lficam.models.normalize.minmax_unit(raw), own, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lficam.maps.minmax(raw), own, rtol=1e-5, atol=1e-5)
 
 
 def _hook_count(model: nn.Module) -> int:

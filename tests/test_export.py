@@ -117,8 +117,9 @@ def test_safetensors_round_trip_is_exact(checkpoint: Path, tmp_path: Path) -> No
     with safe_open(str(report.path), framework="pt") as f:
         keys = set(f.keys())
         metadata = json.loads(f.metadata()["lficam"])
-    assert "fin.layers.0.weight" in keys or any(k.startswith("fin.") for k in keys)
-    assert not any(k.startswith("net.") for k in keys)  # the network's own names, not the LightningModule's
+    # exactly the network's own tensors under its own names (fin.body.*, fc.*), not the LightningModule's net.*
+    assert keys == set(lficam.create_model(**CONFIG).state_dict())
+    assert "fin.body.0.weight" in keys
     assert metadata["model_config"] == CONFIG
     assert metadata["input"]["image_size"] == SIZE
     assert metadata["input"]["mean"] == [0.5, 0.5, 0.5]

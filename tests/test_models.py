@@ -75,6 +75,57 @@ def test_all_zero_features_give_zero_attention_and_bias_logits():
     torch.testing.assert_close(out.logits, model.fc.bias.expand(2, 3))
 
 
+class ConstantFeatures(nn.Module):
+    """A trunk whose 3×3 feature maps are constant over space: one value ≥ 3 per image and channel."""
+
+    out_channels = 4
+    family = "cifar"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([3.0, 5.0, 7.0, 9.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        level = x.mean(dim=(1, 2, 3)).abs() + 1
+        return (level.view(-1, 1, 1, 1) * self.scale.view(1, -1, 1, 1)).expand(-1, -1, 3, 3).contiguous()
+
+
+def test_a_constant_saliency_keeps_the_official_logits_and_reports_zeros():
+    torch.manual_seed(4)
+    model = LFICAMClassifier(ConstantFeatures(), num_classes=3).eval()
+    x = torch.randn(2, 3, 8, 8)
+    out = model(x)
+    logits, official = reference_lficam(model, x)
+    assert official.min() > 1  # the official A of a constant S is S itself, outside [0, 1]
+    torch.testing.assert_close(out.logits, logits, atol=1e-6, rtol=1e-5)  # F' = (1 + S)·F as the authors'
+    assert torch.equal(out.attention, torch.zeros(2, 3, 3))  # reported: flat, so zeros
+
+
+def test_a_one_pixel_map_keeps_the_official_logits_and_reports_zeros():
+    backbone = tiny_backbone()
+    for conv in (backbone.stem[0], backbone.stages[0][0]):
+        nn.init.constant_(conv.weight, 0.1)
+        nn.init.constant_(conv.bias, 1.0)
+    model = LFICAMClassifier(backbone, num_classes=3).eval()
+    x = torch.rand(2, 3, 2, 2)  # 2 px → 1×1 features, as ResNet-50 at 32 px
+    out = model(x)
+    logits, official = reference_lficam(model, x)
+    assert official.shape == (2, 1, 1) and official.min() > 1
+    torch.testing.assert_close(out.logits, logits, atol=1e-6, rtol=1e-5)
+    assert torch.equal(out.attention, torch.zeros(2, 1, 1))
+
+
+@pytest.mark.parametrize("attention", ["lficam", "abn", "none"])
+def test_every_head_reports_maps_in_the_unit_interval_at_one_pixel(attention):
+    torch.manual_seed(5)
+    model = lficam.create_model("cifar_resnet20", num_classes=4, attention=attention).eval()
+    with torch.no_grad():
+        out = model(torch.randn(3, 3, 4, 4) * 3)  # 4 px: LFI-CAM's and the CAM's maps are 1×1
+    assert out.attention.min() >= 0 and out.attention.max() <= 1
+    if attention != "abn":  # ABN's M is a sigmoid (2×2 here), reported as it is
+        assert torch.equal(out.attention, torch.zeros(3, 1, 1))
+
+
 def test_residual_reweighting_reaches_classifier():
     torch.manual_seed(1)
     model = LFICAMClassifier(tiny_backbone(), num_classes=3).eval()

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lficam.errors import UnknownNameError
+from lficam.errors import UnknownNameError, UserError
+from lficam.maps import upsample as upsample_maps
 from lficam.metrics import energy_pointing_game, mask_iou
 from lficam.models import create_model
-from lficam.module import LitClassifier, upsample_maps
+from lficam.module import LitClassifier
 
 
 class MaskedImages(Dataset):
@@ -148,3 +149,30 @@ def test_faithfulness_on_chosen_epochs_and_images():
     assert "val/attn/increase_in_confidence" not in logged
     with pytest.raises(UnknownNameError, match="attention metric"):
         frozen_module(faithfulness_metrics=["deletion", "pixel_flipping"])
+
+
+def test_diagnostics_run_the_model_through_forward_in_channels_last():
+    module = frozen_module(
+        channels_last=True,
+        stability_probe_size=0,
+        input_stability=["flip"],
+        input_stability_images=4,
+        faithfulness_every_n_epochs=1,
+        faithfulness_images=2,
+        faithfulness_pixels_per_step=128,
+        faithfulness_metrics=["deletion", "average_drop"],
+    )
+    layouts = []
+    module.net.register_forward_pre_hook(
+        lambda net, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    logged = fit(module, epochs=1)[0][-1]
+    assert "val/attn/stability_flip_iou" in logged and "val/attn/deletion_auc" in logged
+    # 1 sanity + 1 training + 2 validation batches, then the flipped images, the clean and deletion images
+    assert len(layouts) > 4
+    assert all(layouts)  # every image the diagnostics sent went through forward's channels-last conversion
+
+
+def test_unknown_module_option_is_one_sentence():
+    with pytest.raises(UserError, match="Unknown module option 'faithfulness_every_epoch': choose among"):
+        frozen_module(faithfulness_every_epoch=1)

@@ -7,7 +7,7 @@ resolution), leaves the model as it found it (training flags, grad mode, no hook
 """
 
 from lficam.cams.abscam import AbsCAM
-from lficam.cams.base import CAMMethod, logits_of
+from lficam.cams.base import CAMMethod
 from lficam.cams.cam import CAM
 from lficam.cams.eigencam import EigenCAM, principal_projection
 from lficam.cams.fam import FAM
@@ -17,6 +17,7 @@ from lficam.cams.layercam import LayerCAM
 from lficam.cams.layers import default_target_layer
 from lficam.cams.registry import available, create, method_name, register
 from lficam.cams.scorecam import ScoreCAM
+from lficam.maps import logits_of
 
 __all__ = [
     "CAM",

@@ -7,9 +7,9 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lficam.cams.base import CAMMethod, upsample, weighted_sum
+from lficam.cams.base import CAMMethod, weighted_sum
 from lficam.errors import UnknownNameError
-from lficam.models.normalize import minmax_unit
+from lficam.maps import minmax, upsample
 
 PHASE2 = ("mask", "none")
 
@@ -45,6 +45,6 @@ class AbsCAM(CAMMethod):
         initial, classes = self._phase1(x, targets)
         if self.phase2 == "none":
             return initial
-        mask = minmax_unit(upsample(initial, tuple(x.shape[-2:])))
+        mask = minmax(upsample(initial, tuple(x.shape[-2:])))
         final, _ = self._phase1(x * mask.unsqueeze(1).to(x.dtype), classes)
         return final

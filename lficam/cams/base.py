@@ -17,6 +17,7 @@ raw maps at the target layer's resolution (B×h×w). Everything else lives here:
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -24,12 +25,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lficam.cams.layers import resolve_target_layer
 from lficam.errors import UserError
-from lficam.models.normalize import minmax_unit
+from lficam.maps import logits_of, minmax, target_classes, upsample
 
 
 class _StopForward(Exception):
@@ -42,29 +42,6 @@ class Recording:
 
     activation: Tensor | None = None
     logits: Tensor | None = None
-
-
-def logits_of(output: Any) -> Tensor:
-    """Class scores from a model's output: plain logits, our ``ModelOutput`` (``.logits``) or a tuple's first item."""
-    if isinstance(output, Tensor):
-        logits = output
-    elif hasattr(output, "logits"):
-        logits = output.logits
-    elif isinstance(output, Sequence) and output and isinstance(output[0], Tensor):
-        logits = output[0]
-    else:
-        raise UserError(
-            f"The model returned {type(output).__name__}; CAM methods need logits shaped B×classes, "
-            "a ModelOutput or a tuple whose first item is the logits."
-        )
-    if logits.ndim != 2:
-        raise UserError(f"Expected logits shaped B×classes from the model, got shape {tuple(logits.shape)}.")
-    return logits
-
-
-def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """B×h×w → B×H×W, bilinear with align_corners=False (pixel centres aligned, as the maps are pooled grids)."""
-    return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
 
 
 def weighted_sum(weights: Tensor, activation: Tensor) -> Tensor:
@@ -156,13 +133,14 @@ class CAMMethod(ABC):
         self, x: Tensor, targets: Tensor | int | Sequence[int] | None = None, raw: bool = False, **inputs: Any
     ) -> Tensor:
         _check_batch(x)
+        self._check_inputs(inputs)
         with isolated(self.model):
             # A tensor made in inference mode cannot enter autograd; its copy made here can.
             images = x.detach().clone() if x.is_inference() else x.detach()
             maps = self.compute(images, targets, **inputs).float()
         if raw:
             return maps
-        return minmax_unit(upsample(maps, tuple(x.shape[-2:])))
+        return minmax(upsample(maps, x.shape[-2:]))
 
     @abstractmethod
     def compute(self, x: Tensor, targets: Tensor | int | Sequence[int] | None, **inputs: Any) -> Tensor:
@@ -199,25 +177,20 @@ class CAMMethod(ABC):
 
     def resolve_targets(self, targets: Any, logits: Tensor) -> Tensor:
         """Class indices as a LongTensor of B on the logits' device; None: the predicted classes."""
-        batch, classes = logits.shape
-        if targets is None:
-            return logits.detach().argmax(dim=1)
-        indices = torch.as_tensor(targets, device=logits.device)
-        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-            raise UserError(f"targets must be integer class indices, got dtype {indices.dtype}.")
-        # gather saves its index for backward, which an inference-mode tensor cannot be.
-        indices = indices.long().reshape(-1).clone()
-        if indices.numel() == 1 and batch > 1:
-            indices = indices.expand(batch)
-        if indices.numel() != batch:
-            raise UserError(
-                f"Got {indices.numel()} targets for a batch of {batch} images: give one class per image."
-            )
-        if indices.numel() and (indices.min() < 0 or indices.max() >= classes):
-            raise UserError(
-                f"targets must lie in 0…{classes - 1} (the model has {classes} classes), got {indices.tolist()}."
-            )
-        return indices
+        return target_classes(logits, targets)
+
+    def _check_inputs(self, inputs: dict[str, Any]) -> None:
+        """Extra keyword inputs (FAM's ``reference=``) must be ones this method's ``compute`` takes."""
+        parameters = list(inspect.signature(self.compute).parameters.values())[2:]  # after x and targets
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return
+        accepted = [p.name for p in parameters]
+        for name in inputs:
+            if name in accepted:
+                continue
+            takes = f"it takes {', '.join(a + '=' for a in accepted)}" if accepted else "it takes none"
+            hint = "; a reference is FAM's: lficam.cams.create('fam', model)" if name == "reference" else ""
+            raise UserError(f"{type(self).__name__} has no input {name}= ({takes}){hint}.")
 
     def _checked(self, recording: Recording) -> Recording:
         if recording.activation is None:

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lficam.cams.base import CAMMethod, logits_of, upsample, weighted_sum
+from lficam.cams.base import CAMMethod, weighted_sum
 from lficam.errors import UserError
-from lficam.models.normalize import minmax_unit
+from lficam.maps import logits_of, minmax, upsample
 
 
 class ScoreCAM(CAMMethod):
@@ -54,7 +54,7 @@ class ScoreCAM(CAMMethod):
             scores[constant] = blank[classes.repeat_interleave(channels)[constant]]
         for start in range(0, pairs.numel(), self.batch_size):
             chunk = pairs[start : start + self.batch_size]
-            masks = minmax_unit(upsample(flat[chunk], tuple(x.shape[-2:])))
+            masks = minmax(upsample(flat[chunk], tuple(x.shape[-2:])))
             image = chunk // channels
             logits = logits_of(self.model(x[image] * masks.unsqueeze(1).to(x.dtype)))
             scores[chunk] = logits.float().softmax(dim=1).gather(1, classes[image, None]).squeeze(1)

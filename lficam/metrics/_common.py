@@ -1,7 +1,8 @@
-"""What the metrics share: shape checks, per-image min-max, scoring a model in chunks, a per-image mean.
+"""What the metrics share: a pair check, scoring a model in chunks, a per-image mean.
 
 Maps are B×H×W. Images are B×3×H×W in the model's (normalised) input space. A model returns logits or a
-:class:`~lficam.models.output.ModelOutput` (whose ``[0]`` is the logits).
+:class:`~lficam.models.output.ModelOutput`. Upsampling, min-max, flat maps and the logits come from
+:mod:`lficam.maps`.
 """
 
 from __future__ import annotations
@@ -10,22 +11,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
 from lficam.errors import UserError
-from lficam.models.normalize import is_flat, minmax_unit  # noqa: F401  (is_flat is re-used by the metrics)
+from lficam.maps import check_maps, logits_of, target_classes
 
 Model = Callable[[Tensor], object]
-
-
-def check_maps(maps: Tensor, name: str = "maps") -> None:
-    if not isinstance(maps, Tensor) or maps.ndim != 3:
-        shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
-        raise UserError(
-            f"Expected {name} shaped B×H×W, got {shape}; squeeze a channel axis with {name}[:, 0]."
-        )
 
 
 def check_pair(maps_a: Tensor, maps_b: Tensor, names: tuple[str, str] = ("maps", "masks")) -> None:
@@ -35,34 +27,6 @@ def check_pair(maps_a: Tensor, maps_b: Tensor, names: tuple[str, str] = ("maps",
             f"Expected {names[0]} and {names[1]} of the same shape B×H×W, got {tuple(maps_a.shape)} and "
             f"{tuple(maps_b.shape)}; upsample the maps to the images' size first."
         )
-
-
-def maps_at_image_size(images: Tensor, maps: Tensor) -> Tensor:
-    """Maps as float B×H×W at the images' size: bilinear upsampling (Up of the papers) when they are smaller."""
-    check_maps(maps)
-    if images.ndim != 4 or maps.shape[0] != images.shape[0]:
-        raise UserError(
-            f"Expected images B×3×H×W and maps B×h×w with the same B, got {tuple(images.shape)} and "
-            f"{tuple(maps.shape)}."
-        )
-    if not images.is_floating_point():
-        raise UserError(
-            f"Expected floating-point images in the model's normalised input space, got {images.dtype}."
-        )
-    maps = maps.float()
-    if maps.shape[-2:] != images.shape[-2:]:
-        maps = F.interpolate(maps.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
-        maps = maps.squeeze(1)
-    return maps
-
-
-def minmax(maps: Tensor) -> Tensor:
-    """s(L) = (L − min L) / (max L − min L) per image into [0, 1], in float32; a flat map gives all zeros."""
-    return minmax_unit(maps.float())
-
-
-def logits_of(output: object) -> Tensor:
-    return output if isinstance(output, Tensor) else output[0]  # ModelOutput or any (logits, ...) tuple
 
 
 @contextmanager
@@ -95,12 +59,8 @@ def clean_scores(
 ) -> tuple[Tensor, Tensor]:
     """(class c per image, its softmax probability on the clean image); c = the prediction when targets is None."""
     probs = probabilities(model, images, batch_size)
-    if targets is None:
-        targets = probs.argmax(dim=1)
-    targets = torch.as_tensor(targets, device=probs.device).long().view(-1)
-    if targets.shape[0] != images.shape[0]:
-        raise UserError(f"Expected one target per image ({images.shape[0]}), got {targets.shape[0]}.")
-    return targets, probs.gather(1, targets[:, None]).squeeze(1)
+    classes = target_classes(probs, targets)
+    return classes, probs.gather(1, classes[:, None]).squeeze(1)
 
 
 def check_batch_size(batch_size: int) -> None:

@@ -22,16 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lficam.errors import UserError
+from lficam.maps import at_image_size, is_flat, logits_of, minmax
 from lficam.metrics._common import (
     Model,
     PerImageMean,
     check_batch_size,
     clean_scores,
     evaluating,
-    is_flat,
-    logits_of,
-    maps_at_image_size,
-    minmax,
     probabilities,
 )
 
@@ -64,9 +61,10 @@ def gaussian_blur(images: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> 
     return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def default_pixels_per_step(height: int, width: int) -> int:
-    """ceil(H·W / 224): about 224 steps at any size, as RISE's 224 px per step of a 224×224 image."""
-    return max(1, math.ceil(height * width / REFERENCE_STEPS))
+def default_pixels_per_step(height: int, width: int, steps: int = REFERENCE_STEPS) -> int:
+    """ceil(H·W / steps): about ``steps`` steps at any size; 224 by default, as RISE's 224 px per step of a
+    224×224 image."""
+    return max(1, math.ceil(height * width / steps))
 
 
 def _step_counts(
@@ -96,7 +94,7 @@ def _switch_curve(
     chunk from (image index, step) pairs, so memory stays at one chunk whatever B and S are.
     """
     check_batch_size(batch_size)
-    maps = maps_at_image_size(images, maps)
+    maps = at_image_size(images, maps)
     b, _, h, w = images.shape
     counts = _step_counts(h * w, pixels_per_step, h, w, images.device)
     n_points = counts.numel()
@@ -199,7 +197,7 @@ def masked_scores(
     s = 0 everywhere (it explains nothing) and O is the score of the all-mean image.
     """
     check_batch_size(batch_size)
-    maps = maps_at_image_size(images, maps)
+    maps = at_image_size(images, maps)
     with evaluating(model):
         classes, clean = clean_scores(model, images, targets, batch_size)
         masked = probabilities(model, images * minmax(maps).unsqueeze(1).to(images.dtype), batch_size)
@@ -215,9 +213,18 @@ def average_drop(
     as the paper defines it (pytorch-grad-cam's drop in confidence leaves the division out). Lower is better.
     Y = 0 gives NaN.
     """
-    clean, masked = masked_scores(model, images, maps, targets, batch_size=batch_size)
+    return drop_from_scores(*masked_scores(model, images, maps, targets, batch_size=batch_size))
+
+
+def drop_from_scores(clean: Tensor, masked: Tensor) -> Tensor:
+    """:func:`average_drop` from the scores Y (``clean``) and O (``masked``): 100 · max(0, Y − O) / Y, NaN at Y = 0."""
     drop = 100 * (clean - masked).clamp_min(0) / torch.where(clean > 0, clean, torch.ones_like(clean))
     return torch.where(clean > 0, drop, torch.full_like(drop, float("nan")))
+
+
+def increase_from_scores(clean: Tensor, masked: Tensor) -> Tensor:
+    """:func:`increase_in_confidence` from the scores Y (``clean``) and O (``masked``): 100 · 1[O > Y]."""
+    return 100 * (masked > clean).float()
 
 
 def increase_in_confidence(
@@ -226,8 +233,7 @@ def increase_in_confidence(
     """Increase in Confidence % per image (Grad-CAM++, WACV 2018): 100 · 1[O > Y], so the mean over images is
     the percentage of images whose score of c rises on x ⊙ s(Up(L)). Higher is better. Equal scores do not count.
     """
-    clean, masked = masked_scores(model, images, maps, targets, batch_size=batch_size)
-    return 100 * (masked > clean).float()
+    return increase_from_scores(*masked_scores(model, images, maps, targets, batch_size=batch_size))
 
 
 class _ModelMetric(PerImageMean):

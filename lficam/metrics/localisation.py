@@ -12,7 +12,8 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lficam.errors import UserError
-from lficam.metrics._common import PerImageMean, is_flat, minmax
+from lficam.maps import is_flat, minmax
+from lficam.metrics._common import PerImageMean
 
 
 def _check_pair(maps: Tensor, masks: Tensor) -> None:

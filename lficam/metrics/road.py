@@ -23,16 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lficam.errors import UserError
-from lficam.metrics._common import (
-    Model,
-    PerImageMeans,
-    check_batch_size,
-    clean_scores,
-    evaluating,
-    is_flat,
-    logits_of,
-    maps_at_image_size,
-)
+from lficam.maps import at_image_size, is_flat, logits_of
+from lficam.metrics._common import Model, PerImageMeans, check_batch_size, clean_scores, evaluating
 from lficam.metrics.faithfulness import pixel_ranks
 
 ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -153,7 +145,7 @@ def road(
     check_batch_size(batch_size)
     if not percentages or not all(0 < p < 1 for p in percentages):
         raise UserError(f"ROAD percentages must lie strictly between 0 and 1, got {percentages}.")
-    maps = maps_at_image_size(images, maps)
+    maps = at_image_size(images, maps)
     b, _, h, w = images.shape
     ranks = pixel_ranks(maps)  # B×H×W, 0 = most relevant
     ks = torch.tensor([round(p * h * w) for p in percentages], device=images.device)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lficam.errors import UnknownNameError, UserError
+from lficam.maps import at_image_size, is_flat
 from lficam.metrics._common import (
     Model,
     PerImageMean,
@@ -22,8 +23,6 @@ from lficam.metrics._common import (
     check_batch_size,
     check_pair,
     evaluating,
-    is_flat,
-    maps_at_image_size,
 )
 from lficam.metrics.localisation import binarise, iou
 
@@ -94,7 +93,7 @@ def attention_map_fn(model: Model) -> MapFn:
 
     def maps(images: Tensor) -> Tensor:
         with evaluating(model):
-            return maps_at_image_size(images, model(images)[1])
+            return at_image_size(images, model(images)[1])
 
     return maps
 
@@ -163,7 +162,7 @@ def perturbation_stability(
         )
 
     def maps_of(x: Tensor) -> Tensor:
-        return torch.cat([maps_at_image_size(chunk, model_map_fn(chunk)) for chunk in x.split(batch_size)])
+        return torch.cat([at_image_size(chunk, model_map_fn(chunk)) for chunk in x.split(batch_size)])
 
     b = images.shape[0]
     if kind == "noise":
@@ -182,7 +181,7 @@ def perturbation_stability(
     else:
         moves = [(0, 0)]
         perturbed = images.flip(-1)
-    base = maps_of(images) if base_maps is None else maps_at_image_size(images, base_maps)
+    base = maps_of(images) if base_maps is None else at_image_size(images, base_maps)
     moved = maps_of(perturbed).view(len(moves), b, h, w)
     ious, rhos, changes = [], [], []
     for s, (dy, dx) in enumerate(moves):
@@ -324,7 +323,7 @@ def model_randomisation(
             return attention_map_fn(m)(x)
 
     names = list(randomisation_layers(model) if layers is None else layers)
-    original = maps_at_image_size(images, map_fn(model, images))
+    original = at_image_size(images, map_fn(model, images))
     randomised = copy.deepcopy(model)
     modules = dict(randomised.named_modules())
     missing = [n for n in names if n not in modules]
@@ -338,6 +337,6 @@ def model_randomisation(
             for sub in modules[name].modules():
                 if hasattr(sub, "reset_parameters"):
                     sub.reset_parameters()
-            maps = maps_at_image_size(images, map_fn(randomised, images))
+            maps = at_image_size(images, map_fn(randomised, images))
             results[name] = rank_correlation(original, maps.detach())
     return results

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lficam.maps import is_flat, minmax
 from lficam.models.backbones import Backbone
 from lficam.models.fin import FeatureImportanceNetwork
-from lficam.models.normalize import minmax_channels, minmax_spatial, minmax_unit
+from lficam.models.normalize import minmax_channels, minmax_spatial
 from lficam.models.output import ModelOutput, check_images
 
 
@@ -33,8 +34,8 @@ class Classifier(nn.Module):
 class PlainClassifier(Classifier):
     """The backbone alone: logits = FC(GAP(F)); its map is the CAM of the predicted class (Zhou et al. 2016).
 
-    CAM_c = Σ_k W[c, k] · F_k for c = argmax logits, min-max scaled to [0, 1] per image (a constant map
-    gives zeros). Free: no gradients and no extra pass.
+    CAM_c = Σ_k W[c, k] · F_k for c = argmax logits, min-max scaled to [0, 1] per image (a flat map, see
+    :func:`lficam.maps.is_flat`, gives zeros). Free: no gradients and no extra pass.
     """
 
     def __init__(self, backbone: Backbone, num_classes: int) -> None:
@@ -48,7 +49,7 @@ class PlainClassifier(Classifier):
         logits = self.fc(features.mean(dim=(2, 3)))
         weights = self.fc.weight[logits.argmax(dim=1)]
         cam = torch.einsum("bc,bchw->bhw", weights.to(features.dtype), features)
-        return ModelOutput(logits, minmax_unit(cam))
+        return ModelOutput(logits, minmax(cam))
 
 
 class LFICAMClassifier(Classifier):
@@ -61,6 +62,10 @@ class LFICAMClassifier(Classifier):
       S  = ReLU(Σ_k w_k F_k);  A = minmax_space(S)     (a constant S is kept as is, so S = 0 gives A = 0)
       F' = (1 + A) · F;  logits = FC(GAP(F'))
     Trained with cross-entropy on the logits only; nothing is detached, so the FIN learns through A.
+
+    The logits are the official code's, constant S included. The reported ``attention`` is A where S varies
+    and zeros where S is flat (:func:`lficam.maps.is_flat`: one value up to float rounding, e.g. every
+    1×1 map), where the official A would be S itself and could exceed 1: a flat map points nowhere.
     """
 
     def __init__(
@@ -78,22 +83,23 @@ class LFICAMClassifier(Classifier):
         self.fin = create_fin(fin, channels, relu_every_layer=relu_every)
         self.fc = nn.Linear(channels, num_classes)
 
-    def attention_from_features(self, x: Tensor, features: Tensor) -> Tensor:
-        """A (B×1×h×w) from the input and the trunk's features, method.md §1.2 steps 1–6."""
+    def saliency(self, x: Tensor, features: Tensor) -> Tensor:
+        """S (B×h×w) from the input and the trunk's features, method.md §1.2 steps 1–5."""
         grey = x.mean(dim=1, keepdim=True)
         grey = F.interpolate(grey, size=features.shape[-2:], mode="bilinear", align_corners=False)
         masked = minmax_channels(features).to(features.dtype) * grey.to(features.dtype)
         importance = self.fin(masked)
-        saliency = F.relu(torch.einsum("bc,bchw->bhw", importance.to(features.dtype), features))
-        return minmax_spatial(saliency.unsqueeze(1))
+        return F.relu(torch.einsum("bc,bchw->bhw", importance.to(features.dtype), features))
 
     def forward(self, x: Tensor) -> ModelOutput:
         check_images(x)
         features = self.backbone(x)
-        attention = self.attention_from_features(x, features)
-        reweighted = (1 + attention.to(features.dtype)) * features
+        saliency = self.saliency(x, features)
+        attention = minmax_spatial(saliency)  # step 6, as the official code: a constant S stays S
+        reweighted = (1 + attention.unsqueeze(1).to(features.dtype)) * features
         logits = self.fc(reweighted.mean(dim=(2, 3)))
-        return ModelOutput(logits, attention.squeeze(1))
+        flat = is_flat(saliency).view(-1, 1, 1)
+        return ModelOutput(logits, torch.where(flat, torch.zeros_like(attention), attention))
 
 
 def create_fin(kind: str, channels: int, *, relu_every_layer: bool) -> nn.Module:

@@ -1,5 +1,8 @@
 """Min-max normalisations used inside LFI-CAM's forward pass (method.md §1.2, steps 2 and 6).
 
+Pinned to the official code, including its constant-input cases; the min-max of reported and displayed
+maps (flat → zeros) is :func:`lficam.maps.minmax`.
+
 Both run in float32 even under autocast: a half-precision division of two nearly equal extrema would
 turn small activation ranges into noise or infinities.
 """
@@ -35,8 +38,9 @@ def minmax_channels(features: Tensor) -> Tensor:
 def minmax_spatial(maps: Tensor) -> Tensor:
     """A = (S − min S) / (max S − min S) per sample over all remaining dimensions.
 
-    A constant map is returned unchanged (so an all-zero S gives A = 0, as in the official code); maps are
-    computed in float32.
+    A constant map is returned unchanged (so an all-zero S gives A = 0, as in the official code), which is
+    what the forward pass multiplies the features with; the map a model *reports* is kept in [0, 1] by
+    reporting a flat S as zeros (:func:`lficam.maps.is_flat`). Computed in float32.
     """
     with torch.autocast(maps.device.type, enabled=False):
         s = _float32(maps)
@@ -48,31 +52,3 @@ def minmax_spatial(maps: Tensor) -> Tensor:
         constant = span == 0
         normalised = (s - lo) / torch.where(constant, torch.ones_like(span), span)
         return torch.where(constant, s, normalised)
-
-
-#: A map whose range is within this fraction of its magnitude is flat: bilinear upsampling of a constant map
-#: leaves ripples of a few float32 ulps (up to ~3e-7 relative), which must not read as a location.
-FLAT_TOLERANCE = 1e-6
-
-
-def is_flat(maps: Tensor) -> Tensor:
-    """B booleans: the map has one value everywhere, up to float rounding (max − min ≤ 1e-6 · max |value|)."""
-    flat = maps.flatten(1).float()
-    hi, lo = flat.amax(dim=1), flat.amin(dim=1)
-    return (hi - lo) <= FLAT_TOLERANCE * torch.maximum(hi.abs(), lo.abs())
-
-
-def minmax_unit(maps: Tensor) -> Tensor:
-    """s(L) = (L − min L) / (max L − min L) per sample, always in [0, 1]: a constant map gives zeros.
-
-    This is the s(·) of the post-hoc CAM formulas and of displayed maps, where a flat map (see
-    :func:`is_flat`) carries no location and must not look like one.
-    """
-    with torch.autocast(maps.device.type, enabled=False):
-        m = _float32(maps)
-        flat = m.flatten(1)
-        shape = (m.shape[0],) + (1,) * (m.ndim - 1)
-        lo = flat.amin(dim=1).view(shape)
-        span = flat.amax(dim=1).view(shape) - lo
-        varies = ~is_flat(m).view(shape)
-        return torch.where(varies, (m - lo) / torch.where(varies, span, torch.ones_like(span)), 0.0)
