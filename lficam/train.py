@@ -103,6 +103,8 @@ def _fit_and_test(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict[str, floa
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    if cfg.data.get("num_classes") is None:  # a data set that counts its classes (image_folder)
+        cfg.data.num_classes = int(datamodule.num_classes)
     module = build_module(cfg)
     _warn_small_maps(cfg, module.net)
     if cfg.get("ckpt_path"):  # one sentence for a foreign, unsafe or other-architecture checkpoint
