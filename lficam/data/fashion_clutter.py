@@ -22,9 +22,9 @@ How a canvas is made (sizes in canvas pixels, S = ``image_size``; every draw fro
 
 Difficulty: method.md §4.2 measured that 28 px garments on a 64 px canvas with four 12 px fragments saturate
 the pointing game (0.996–1.0 at its 4.3 px tolerance, 15·64/224). The defaults make the garment smaller
-(13–19 px, a fifth to a third of the side) and the fragments about as large as it (10–16 px), so the map's
-peak must find the garment among comparable clutter and a tolerance disc plus the garment covers about a
-sixth of the canvas, not a third.
+(13–19 px, a fifth to a third of the side) and the fragments about as large as it (10–16 px): on the test
+garments, the pixels within the tolerance of the garment are 8.9 % of the canvas (18.7 % with 28 px
+garments), so a peak must find the garment among comparable clutter to score.
 """
 
 from __future__ import annotations
@@ -204,9 +204,11 @@ def _paste(
         ],
         dim=-1,
     )
-    out = F.grid_sample(sources[:, None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)[
-        :, 0
-    ]
+    # border padding: a garment enlarged past 28 px keeps its edge pixels (the window zeroes the rest)
+    sampled = F.grid_sample(
+        sources[:, None].float(), grid, mode=mode, padding_mode="border", align_corners=False
+    )
+    out = sampled[:, 0]
     rows = (centres[None] >= top[:, None]) & (centres[None] < (top + side)[:, None])
     cols = (centres[None] >= left[:, None]) & (centres[None] < (left + side)[:, None])
     return out * (rows[:, :, None] & cols[:, None, :])
