@@ -5,7 +5,7 @@ or external entity (what defusedxml forbids by default), so no entity is ever ex
 the file is fetched; a file over ``MAX_BYTES`` is refused unread.
 
 Box rule: VOC coordinates are 1-based and inclusive, so ``<xmin>1</xmin><xmax>3</xmax>`` covers the first
-three columns; fractional coordinates (some tools write them) are rounded to the nearest pixel, and boxes
+three columns; fractional coordinates (some tools write them) are rounded to the nearest pixel (halves up), and boxes
 are clipped to the image. The mask of an image in class folder c is the union of the boxes whose ``<name>``
 is c (compared without case or surrounding spaces), or the union of all its boxes when none is; a file
 with no box gives an empty mask (no ground truth for that image).
@@ -13,6 +13,7 @@ with no box gives an empty mask (no ground truth for that image).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.parsers import expat
@@ -147,12 +148,17 @@ def chosen_boxes(boxes: list[Box], class_name: str) -> list[Box]:
     return matching or list(boxes)
 
 
+def _nearest(value: float) -> int:
+    """Half up (10.5 → 11), not Python's half-to-even rounding."""
+    return math.floor(value + 0.5)
+
+
 def boxes_to_mask(boxes: list[Box], width: int, height: int) -> Tensor:
     """H×W booleans: the union of the boxes, 1-based inclusive VOC coordinates rounded and clipped."""
     mask = torch.zeros(height, width, dtype=torch.bool)
     for box in boxes:
-        left, right = max(round(box.xmin) - 1, 0), min(round(box.xmax), width)
-        top, bottom = max(round(box.ymin) - 1, 0), min(round(box.ymax), height)
+        left, right = max(_nearest(box.xmin) - 1, 0), min(_nearest(box.xmax), width)
+        top, bottom = max(_nearest(box.ymin) - 1, 0), min(_nearest(box.ymax), height)
         if left < right and top < bottom:
             mask[top:bottom, left:right] = True
     return mask

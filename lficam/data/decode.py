@@ -1,10 +1,13 @@
-"""Image files → 3×H×W uint8 RGB tensors, with the faster of the two decoders that install here.
+"""Image files → 3×H×W uint8 RGB tensors, with the faster decoder that is safe for each format.
 
-torchvision.io (libjpeg-turbo, libpng, libwebp) decodes JPEG, PNG and WebP about 1.3× faster than Pillow at
-224 px on this project's CPUs (``bench/data.py`` measures both) and is used for them; Pillow decodes the rest
-(BMP, TIFF, GIF …) and anything torchvision refuses. Both give the same pixels: grey, palette and grey+alpha
-images are expanded to RGB, alpha is dropped (not composited), 16-bit samples are scaled to 8 bits, and the
-EXIF orientation is not applied (as torchvision's ImageFolder does not).
+torchvision.io (libjpeg-turbo, libwebp) decodes JPEG and WebP about 1.4× faster than Pillow at 224 px on this
+project's CPUs (``bench/data.py`` measures both) and is used for them. PNG goes to Pillow although
+torchvision's libpng path is faster too: torchvision 0.29's PNG decoder kills the process (segmentation
+fault, after "libpng error: IDAT: …") on a PNG with corrupt image data, which no ``except`` can catch, while
+a thousand mutated JPEGs and WebPs only ever raised (the same family as pytorch/vision#3613). Pillow also
+decodes the rest (BMP, TIFF, GIF …) and anything torchvision refuses. Both give the same pixels: grey,
+palette and grey+alpha images are expanded to RGB, alpha is dropped (not composited), 16-bit samples are
+scaled to 8 bits (v >> 8), and the EXIF orientation is not applied (as torchvision's ImageFolder does not).
 
 The header is read first (Pillow's lazy open: no pixel data) and an image of more than ``MAX_PIXELS``
 pixels is refused before any decoder allocates it: a small file claiming a huge size cannot exhaust memory.
@@ -13,6 +16,7 @@ pixels is refused before any decoder allocates it: a small file claiming a huge 
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +29,7 @@ from lficam.errors import UserError
 
 #: Pillow's decompression-bomb limit (a warning above it, an error at twice it); ImageNet's largest is 0.02 of it.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
-_TORCHVISION_FORMATS = {"JPEG", "PNG", "WEBP", "MPO"}
+_TORCHVISION_FORMATS = {"JPEG", "MPO", "WEBP"}  # not PNG: see the module docstring
 _PIL_ERRORS = (
     OSError,
     UnidentifiedImageError,
@@ -54,8 +58,10 @@ def _reason(error: BaseException) -> str:
 def image_size_of(path: str | Path, data: bytes | None = None) -> tuple[str, tuple[int, int]]:
     """(format, (width, height)) from the header only; refuses unknown formats and oversized images."""
     try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as image:
-            fmt, size = image.format or "", image.size
+        with warnings.catch_warnings():  # Pillow's bomb warning: the size check below says it in a sentence
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data) if data is not None else path) as image:
+                fmt, size = image.format or "", image.size
     except _PIL_ERRORS as error:
         raise BadImageError(path, _reason(error)) from None
     if size[0] * size[1] > MAX_PIXELS or min(size) < 1:
@@ -92,8 +98,6 @@ def decode_rgb(path: str | Path) -> Tensor:
         except RuntimeError:
             image = None  # a variant torchvision refuses (or a broken file): Pillow decides
         if image is not None and tuple(image.shape[-2:]) == (height, width):
-            if image.dtype != torch.uint8:  # 16-bit PNG
-                image = (image.to(torch.int32) >> 8).to(torch.uint8)
             return image
     return _with_pillow(path, data)
 
