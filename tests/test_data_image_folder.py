@@ -4,6 +4,7 @@ geometry, the rule for boxes, and one sentence naming the file for each kind of 
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import zlib
 from pathlib import Path
@@ -344,3 +345,24 @@ def test_sample_table_is_flat_and_pickles_small(tmp_path: Path) -> None:
     assert table[12345] == (Path(paths[12345]), 12345 % 7) and table[-1][0] == Path(paths[-1])
     assert pickle.loads(pickle.dumps(table)) == table
     assert {type(v) for v in vars(table).values()} == {np.ndarray}  # no Python object per sample
+
+
+@pytest.mark.slow
+def test_image_folder_trains_with_ground_truth_and_counted_classes(tmp_path: Path) -> None:
+    """data.num_classes stays null: train.py builds the model with the count of train/'s class folders."""
+    from tests.test_data_fashion_train import LOCALISATION, train_cli
+
+    write_folder(tmp_path / "folder", splits=("train", "val", "test"))
+    overrides = [
+        "data=image_folder",
+        f"data.root={tmp_path / 'folder'}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "data.batch_size=3",  # six training images
+    ]
+    summary = train_cli(tmp_path, overrides)
+    for key in ("test/acc", *LOCALISATION):
+        assert math.isfinite(summary["metrics"][key]), key
+    checkpoint = torch.load(summary["best_checkpoint"], weights_only=True, map_location="cpu")
+    assert checkpoint["hyper_parameters"]["model_config"]["num_classes"] == 2
+    assert checkpoint["hyper_parameters"]["data_config"]["num_classes"] == 2
