@@ -76,6 +76,11 @@ def test_idx_header_is_checked_before_anything_is_allocated(tmp_path: Path) -> N
     refused(b"\x00\x00\x07\x01" + b"\x00" * 4, "its element type code is 0x07")
     refused(b"\x00\x00\x08\x09", "it has 9 dimensions; this reader accepts 1 to 4")
     refused(b"\x00\x00\x08\x02\x00\x00\x00\x01", "its header ends before its 2 sizes")
+    # zero elements, but numpy cannot even describe a (0, 2³²−1, 2³²−1) array (found by the fuzzer)
+    refused(
+        b"\x00\x00\x08\x03" + bytes(4) + b"\xff" * 8,
+        r"its sizes \(0, 4294967295, 4294967295\) describe an array",
+    )
     # a header claiming 4 G elements on a 12-byte file: refused from the file's size, nothing allocated
     refused(b"\x00\x00\x08\x01\xff\xff\xff\xff" + b"abcd", r"its header announces shape \(4294967295,\)")
     refused(
@@ -83,7 +88,7 @@ def test_idx_header_is_checked_before_anything_is_allocated(tmp_path: Path) -> N
         r"its header announces shape \(3,\) \(3 data bytes\) but it holds 4",
     )
     gz = tmp_path / "x.idx.gz"
-    gz.write_bytes(gzip.compress(b"\x00\x00\x08\x02\xff\xff\xff\xff\xff\xff\xff\xff"))
+    gz.write_bytes(gzip.compress(b"\x00\x00\x08\x02" + (1 << 31).to_bytes(4, "big") + (8).to_bytes(4, "big")))
     with pytest.raises(UserError, match=r"more than its .* compressed bytes can hold"):
         read_idx(gz)
     gz.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05ab"))

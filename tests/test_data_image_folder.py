@@ -191,6 +191,7 @@ def test_voc_files_parse_and_bad_ones_are_refused(tmp_path: Path) -> None:
     external = '<!DOCTYPE a SYSTEM "file:///etc/passwd"><annotation/>'
     refused(external, "it declares a document type")
     refused("<labels/>", "its root element is <labels>, not <annotation>")
+    refused('<?xml version="1.0" encoding="Atf-8"?><annotation/>', "its XML declaration names an encoding")
     refused("<annotation><object><name>dog</name></object></annotation>", "object 1 has no <bndbox>")
     refused(
         voc([("dog", 1, 1, 2, 2)]).replace("<xmax>2</xmax>", "<xmax>two</xmax>"), "object 1's <xmax> is 'two'"

@@ -93,6 +93,8 @@ def _parse(path: Path, data: bytes) -> _Element:
         raise _bad(
             path, f"it is not well-formed XML ({expat.ErrorString(error.code)} at line {error.lineno})"
         ) from None
+    except LookupError as error:  # expat looks up the encoding the XML declaration names
+        raise _bad(path, f"its XML declaration names an encoding Python does not know ({error})") from None
     except RecursionError:
         raise _bad(path, "it nests elements too deeply") from None
     return root[0]

@@ -95,7 +95,7 @@ def decode_rgb(path: str | Path) -> Tensor:
     if fmt in _TORCHVISION_FORMATS:
         try:
             image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except RuntimeError:
+        except Exception:
             image = None  # a variant torchvision refuses (or a broken file): Pillow decides
         if image is not None and tuple(image.shape[-2:]) == (height, width):
             return image

@@ -95,6 +95,8 @@ def read_idx(path: str | Path) -> Tensor:
                 raise _bad(path, f"its header ends before its {ndim} sizes")
             shape = tuple(int(d) for d in np.frombuffer(dims_bytes, dtype=">u4"))
             dtype = DTYPES[code]
+            if math.prod(max(d, 1) for d in shape) * dtype.itemsize >= 1 << 62:  # even with a zero size
+                raise _bad(path, f"its sizes {shape} describe an array no machine can address")
             count = math.prod(shape) * dtype.itemsize
             header = 4 + 4 * ndim
             if not gzipped and header + count != stored:

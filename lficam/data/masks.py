@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from lficam.errors import UserError
@@ -95,7 +95,7 @@ def read_mask(path: Path, size: tuple[int, int], image_path: Path | str) -> Tens
             else:
                 values = np.asarray(file.convert("RGB")).any(axis=-1)
             found = file.size
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+    except Exception as error:  # Pillow raises assorted types on malformed files: all mean "unreadable"
         raise UserError(
             f"Cannot read mask {str(path)!r} ({type(error).__name__}: {str(error)[:120]}); "
             "replace it with a PNG whose non-zero pixels mark the object."
