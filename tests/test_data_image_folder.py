@@ -16,7 +16,7 @@ from PIL import Image
 
 from lficam.data import ImageFolderDataModule
 from lficam.data.boxes import Box, boxes_to_mask, chosen_boxes, read_box_mask, read_voc
-from lficam.data.decode import _with_pillow, decode_rgb, looks_complete
+from lficam.data.decode import _jpeg_size, _with_pillow, decode_rgb, looks_complete
 from lficam.data.image_folder import SampleTable
 from lficam.data.masks import read_mask
 from lficam.errors import UserError
@@ -100,6 +100,17 @@ def test_every_format_and_mode_decodes_to_rgb(tmp_path: Path) -> None:
         assert tuple(decoded[:, 2, 5].tolist()) == expected, name
     jpeg = decode_rgb(_saved(tmp_path, Image.fromarray(grey), "grey.jpg", quality=100))
     assert jpeg.shape == (3, 6, 8) and (jpeg.int() - 77).abs().max() <= 2
+
+
+def test_jpeg_size_is_read_from_the_frame_header(tmp_path: Path) -> None:
+    for mode, options in (
+        ("RGB", {}),
+        ("L", {"progressive": True}),
+        ("CMYK", {"exif": b"Exif\x00\x00" + bytes(300)}),
+    ):
+        data = _saved(tmp_path, Image.new(mode, (123, 45)), "a.jpg", **options).read_bytes()
+        assert _jpeg_size(data) == (123, 45), mode
+    assert _jpeg_size(b"\xff\xd8\xff\xe0\x00") is None  # cut before any frame: Pillow decides
 
 
 def test_torchvision_and_pillow_give_the_same_pixels(tmp_path: Path) -> None:

