@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 export WANDB_MODE ?= offline
 
-.PHONY: help setup train test lint format bench clean
+.PHONY: help setup train test lint format bench clean fashion-mnist
 
 help:  ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-8s %s\n", $$1, $$2}'
@@ -39,6 +39,22 @@ format: $(STAMP)  ## ruff autofix and format
 
 bench: $(STAMP)  ## print the training-step benchmark table
 	$(BIN)/python bench/train_step.py
+
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+fashion-mnist:  ## install Fashion-MNIST (Debian package dataset-fashion-mnist) where apt is allowed
+	@if [ -f $(FASHION_DIR)/t10k-labels-idx1-ubyte.gz ]; then \
+		echo "Fashion-MNIST is installed in $(FASHION_DIR)/"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		( $$SUDO apt-get install -y dataset-fashion-mnist || \
+		  ( $$SUDO apt-get update && $$SUDO apt-get install -y dataset-fashion-mnist ) ) && \
+		echo "Fashion-MNIST is installed in $(FASHION_DIR)/" || \
+		echo "make fashion-mnist: apt could not install dataset-fashion-mnist here; copy the four files" \
+		     "(train-images-idx3-ubyte.gz …) into a folder and pass data.root=<folder>"; \
+	else \
+		echo "make fashion-mnist: no apt-get on this machine; copy Fashion-MNIST's four IDX files" \
+		     "(train-images-idx3-ubyte.gz …) into a folder and pass data.root=<folder>"; \
+	fi
 
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf outputs multirun .pytest_cache

@@ -110,6 +110,8 @@ def _fit_and_test_in_folder(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    if cfg.data.get("num_classes") is None:  # a data set that counts its classes (image_folder)
+        cfg.data.num_classes = int(datamodule.num_classes)
     module = build_module(cfg)
     _warn_small_maps(cfg, module.net)
     # a foreign, unsafe or other-architecture checkpoint is one sentence; a resume says what it keeps

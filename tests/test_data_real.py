@@ -225,7 +225,7 @@ def write_image_folder(root: Path, splits: tuple[str, ...] = ("train", "val")) -
 def test_image_folder_labels_shapes_and_normalisation(tmp_path: Path) -> None:
     write_image_folder(tmp_path)
     data = ImageFolderDataModule(tmp_path, num_classes=2, image_size=16, batch_size=2)
-    data.setup("fit")
+    data.setup()  # every stage: fit lists train/ and val/, test the test split (here val)
     assert data.class_names == ["cat", "dog"]
     assert len(data.train_set) == len(data.val_set) == len(data.test_set) == 6  # no test/: test = val
     assert data.test_set.samples == data.val_set.samples
@@ -248,7 +248,7 @@ def test_image_folder_labels_shapes_and_normalisation(tmp_path: Path) -> None:
 def test_image_folder_training_crops_are_seeded_per_epoch_and_image(tmp_path: Path) -> None:
     write_image_folder(tmp_path, ("train", "val", "test"))
     data = ImageFolderDataModule(tmp_path, num_classes=2, image_size=16, seed=5)
-    data.setup("fit")
+    data.setup()
     assert data.test_set.samples[0][0] == tmp_path / "test" / "cat" / "0.png"
     dataset = data.train_set
     first = dataset[4]["image"]

@@ -2,6 +2,8 @@
 
 from lficam.data.base import ClassificationDataModule, EpochShuffleSampler
 from lficam.data.cifar import CIFAR10DataModule, CIFAR100DataModule, CIFARDataModule
+from lficam.data.fashion_clutter import FashionClutterDataModule
+from lficam.data.fashion_mnist import FashionMNISTDataModule
 from lficam.data.image_folder import ImageFolderDataModule
 from lficam.data.shapes_datamodule import ShapesDataModule, ShapesDataset
 
@@ -11,6 +13,8 @@ __all__ = [
     "CIFARDataModule",
     "ClassificationDataModule",
     "EpochShuffleSampler",
+    "FashionClutterDataModule",
+    "FashionMNISTDataModule",
     "ImageFolderDataModule",
     "ShapesDataModule",
     "ShapesDataset",
