@@ -114,11 +114,13 @@ def own_maps(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
         return torch.cat([upsample_maps(model(chunk).attention, size) for chunk in images.split(batch_size)])
 
 
-def method_maps(name: str, model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+def method_maps(
+    name: str, model: nn.Module, images: Tensor, batch_size: int, options: dict[str, Any] | None = None
+) -> Tensor:
     """Maps of the own attention (``own``) or of a post-hoc CAM method, for the predicted classes."""
     if name == OWN:
         return own_maps(model, images, batch_size)
-    cam = cam_methods.create(name, model)
+    cam = cam_methods.create(name, model, **(options or {}))
     return torch.cat([cam(chunk) for chunk in images.split(batch_size)])
 
 
@@ -251,6 +253,18 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(cfg.ckpt_path),
         "model_config": model.lficam_metadata["model_config"],
     }
+    cam_options: dict[str, dict[str, Any]] = {}
+    if "fam" in methods:  # FAM's reference: the FC row or class prototypes (lficam/prototypes.py)
+        from lficam.prototypes import fam_setup
+
+        fam = fam_setup(
+            model,
+            cfg.get("fam") or {},
+            ckpt_path=cfg.ckpt_path,
+            data_config=data_config,
+            data_dir=cfg.paths.data_dir,
+        )
+        cam_options["fam"], report["fam_reference"] = fam.options, fam.description
     with Progress() as progress:
         report["test"] = accuracy_on_test_split(model, datamodule, device, progress)
         batch = first_test_images(datamodule, options.num_images)
@@ -261,7 +275,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         all_maps: dict[str, Tensor] = {}
         task = progress.add_task("attention metrics", total=len(methods))
         for method in methods:
-            maps = method_maps(method, model, images, options.batch_size)
+            maps = method_maps(method, model, images, options.batch_size, cam_options.get(method))
             stability_fn = (lambda x: own_maps(model, x, options.batch_size)) if method == OWN else None
             results[method], curves[method] = map_quality(
                 model,
@@ -281,7 +295,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=_json_float))
     table = markdown_table(results)
     accuracy = ", ".join(f"{k} {v:.4f}" for k, v in report["test"].items())
-    (output_dir / "metrics.md").write_text(f"# {cfg.ckpt_path}\n\nTest: {accuracy}\n\n{table}")
+    fam_line = f"FAM's reference: {report['fam_reference']}\n\n" if "fam_reference" in report else ""
+    (output_dir / "metrics.md").write_text(f"# {cfg.ckpt_path}\n\nTest: {accuracy}\n\n{fam_line}{table}")
     if options.faithfulness:
         save_curves(output_dir / "deletion_insertion.png", curves)
     shown = slice(0, min(8, images.shape[0]))
@@ -293,6 +308,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         columns=8,
     )
     print(f"Test: {accuracy}")
+    if fam_line:
+        print(fam_line.strip())
     print_table(f"Attention quality on {report['num_images']} test images", results)
     print(f"Results written to {output_dir}")
     return report
@@ -463,6 +480,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any] | None:
             raise UserError(
                 "Nothing to evaluate: pass ckpt_path=<run>/checkpoints/<file>.ckpt or stability.runs=<sweep folder>."
             )
+        if cfg.eval.get("task", "classification") != "classification":  # lficam/retrieval.py
+            from lficam.retrieval import check_task, evaluate_retrieval
+
+            check_task(str(cfg.eval.task))
+            return evaluate_retrieval(cfg)
         return evaluate_checkpoint(cfg)
     except UserError as error:
         log.error("%s", error)
