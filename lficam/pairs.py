@@ -144,8 +144,13 @@ def save_panel_rows(path: str | Path, rows: Sequence[Sequence[Panel]], title: st
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = max(len(r) for r in rows)
+    # constrained layout leaves room for the suptitle (tight_layout lets it overlap the first row's titles)
     fig, axes = plt.subplots(
-        len(rows), columns, figsize=(2.2 * columns, 2.3 * len(rows) + 0.4), squeeze=False
+        len(rows),
+        columns,
+        figsize=(2.2 * columns, 2.3 * len(rows) + 0.4),
+        squeeze=False,
+        layout="constrained",
     )
     for ax in axes.flat:
         ax.axis("off")
@@ -158,7 +163,6 @@ def save_panel_rows(path: str | Path, rows: Sequence[Sequence[Panel]], title: st
             axes[r, c].set_title(label, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -366,7 +366,11 @@ def save_query_matches(
             (shown_q[i], None, f"query: {query_names[i]}"),
             (shown_q[i], pair.maps[i].cpu(), "FAM"),
             (shown_m[i], None, f"match: {match_names[i]}"),
-            (shown_m[i], pair.reference_maps[i].cpu(), describe_score(float(pair.score[i]), fam.similarity)),
+            (
+                shown_m[i],
+                pair.reference_maps[i].cpu(),
+                f"FAM, {describe_score(float(pair.score[i]), fam.similarity)}",
+            ),
         ]
         for i in range(queries.shape[0])
     ]
