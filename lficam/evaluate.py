@@ -139,9 +139,11 @@ def own_maps(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
         )
 
 
-def cam_maps(name: str, model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+def cam_maps(
+    name: str, model: nn.Module, images: Tensor, batch_size: int, options: dict[str, Any] | None = None
+) -> Tensor:
     """Maps of a post-hoc CAM method for the predicted classes, at the images' size."""
-    cam = cam_methods.create(name, model)
+    cam = cam_methods.create(name, model, **(options or {}))
     return torch.cat([cam(chunk) for chunk in images.split(batch_size)])
 
 
@@ -311,9 +313,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load(cfg.ckpt_path, map_location=device).eval()
-    datamodule = build_test_data(
-        _data_config(cfg), cfg.paths.data_dir, dict(cfg.eval.get("data_overrides") or {})
-    )
+    data_config = _data_config(cfg)
+    datamodule = build_test_data(data_config, cfg.paths.data_dir, dict(cfg.eval.get("data_overrides") or {}))
     options = {
         **protocol_options(cfg.eval, cfg.get("protocols")),
         "batch_size": cfg.eval.batch_size,
@@ -334,6 +335,18 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(cfg.ckpt_path),
         "model_config": model.lficam_metadata["model_config"],
     }
+    cam_options: dict[str, dict[str, Any]] = {}
+    if "fam" in methods:  # FAM's reference: the FC row or class prototypes (lficam/prototypes.py)
+        from lficam.prototypes import fam_setup
+
+        fam = fam_setup(
+            model,
+            cfg.get("fam") or {},
+            ckpt_path=cfg.ckpt_path,
+            data_config=data_config,
+            data_dir=cfg.paths.data_dir,
+        )
+        cam_options["fam"], report["fam_reference"] = fam.options, fam.description
     results: dict[str, dict[str, float]] = {}
     curves: dict[str, dict[str, Tensor]] = {}
     all_maps: dict[str, Tensor] = {}
@@ -346,7 +359,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                 maps = probe["maps"]
             else:
                 with progress.stage(f"{method}: maps"):
-                    maps = cam_maps(method, model, probe["image"], options["batch_size"])
+                    maps = cam_maps(
+                        method, model, probe["image"], options["batch_size"], cam_options.get(method)
+                    )
             results[method], curves[method] = map_quality(model, probe, maps, options, progress, method)
             all_maps[method] = maps.cpu()
     report["num_images"] = int(probe["image"].shape[0])
@@ -355,8 +370,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     report["wall_time_s"], report["cpu_time_s"] = progress.wall_times, progress.cpu_times
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=_json_float))
     accuracy = ", ".join(f"{k} {v:.4f}" for k, v in report["test"].items())
+    fam_line = f"FAM's reference: {report['fam_reference']}\n\n" if "fam_reference" in report else ""
     (output_dir / "metrics.md").write_text(
-        f"# {cfg.ckpt_path}\n\nTest: {accuracy}\n\n{markdown_table(results)}"
+        f"# {cfg.ckpt_path}\n\nTest: {accuracy}\n\n{fam_line}{markdown_table(results)}"
     )
     if options["faithfulness"]:
         save_curves(output_dir / "deletion_insertion.png", curves)
@@ -370,6 +386,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     )
     console = Console()
     console.print(f"Test: {accuracy}")
+    if fam_line:
+        console.print(fam_line.strip())
     title = f"Attention quality on {report['num_images']} test images ({options['protocol']} protocol)"
     for table in results_tables(title, results, width=min(console.width, 100)):
         console.print(table)
@@ -576,6 +594,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any] | None:
             raise UserError(
                 "Nothing to evaluate: pass ckpt_path=<run>/checkpoints/<file>.ckpt or stability.runs=<sweep folder>."
             )
+        if cfg.eval.get("task", "classification") != "classification":  # lficam/retrieval.py
+            from lficam.retrieval import check_task, evaluate_retrieval
+
+            check_task(str(cfg.eval.task))
+            return evaluate_retrieval(cfg)
         return evaluate_checkpoint(cfg)
     except UserError as error:
         log.error("%s", error)

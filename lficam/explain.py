@@ -186,8 +186,15 @@ def explain(cfg: DictConfig) -> Path:
             f"class_names has {len(class_names)} names but the model has {probs.shape[1]} classes."
         )
 
+    references = _as_list(cfg.get("reference"), "reference")  # FAM on pairs: lficam/pairs.py
+    paired = [m for m in methods if m != OWN and cams.method_name(m) == "fam"] if references else []
+    if references and not paired:
+        raise UserError("reference= is FAM's second image: add fam to methods, e.g. methods=[fam].")
+
     maps: dict[str, Tensor] = {}
     for name in methods:
+        if name in paired:
+            continue
         if name == OWN:
             attention = getattr(output, "attention", None)
             if attention is None:
@@ -197,11 +204,34 @@ def explain(cfg: DictConfig) -> Path:
             options = (
                 {"batch_size": int(cfg.scorecam_batch_size)} if cams.method_name(name) == "scorecam" else {}
             )
+            if cams.method_name(name) == "fam":  # the FC row or class prototypes: lficam/prototypes.py
+                from lficam.prototypes import fam_setup
+
+                options = fam_setup(
+                    net, cfg.fam, ckpt_path=cfg.ckpt_path, target_layer=cfg.target_layer
+                ).options
             maps[name] = cams.create(name, net, cfg.target_layer, **options)(x, predicted)
 
     out_dir = Path(cfg.output_dir or Path("outputs", "explain", datetime.now().strftime("%Y-%m-%d_%H-%M-%S")))
+    if paired:
+        from lficam.pairs import explain_pairs
+
+        explain_pairs(
+            net,
+            x,
+            images,
+            image_paths,
+            references,
+            read_images=lambda paths: read_images(paths, size),
+            normalize=lambda t: (
+                (t - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+            ),
+            out_dir=out_dir,
+            similarity=str(cfg.fam.similarity),
+            target_layer=cfg.target_layer,
+        )
     used: set[str] = set()
-    for i, name in enumerate(image_paths):
+    for i, name in enumerate(image_paths if maps or not paired else []):
         stem = Path(name).stem
         file = f"{stem}.png" if stem not in used else f"{stem}_{i}.png"
         used.add(stem)
