@@ -121,6 +121,8 @@ def _rebuild(config: dict[str, Any], state: dict[str, Tensor], path: str | Path)
     options = dict(config)
     if "weights" in options:
         options["weights"] = None  # the state dict below holds every weight; never read the original file
+    if options.get("pretrained"):
+        options["pretrained"] = False  # nor download pretrained weights
     try:
         model = create_model(**options)
     except TypeError as error:

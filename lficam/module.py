@@ -31,6 +31,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from lficam.errors import NonFiniteLossError, UnknownNameError
+from lficam.finetune import build_optimizer
 from lficam.metrics import (
     AverageDrop,
     DeletionAUC,
@@ -103,6 +104,7 @@ class LitClassifier(pl.LightningModule):
     compile: compile ``net`` with ``torch.compile`` (default inductor backend) when fitting.
     channels_last: keep conv weights and input images in channels-last (NHWC) memory, which tensor cores and
         oneDNN convolutions prefer; the numbers are those of the default layout up to float rounding.
+    backbone_lr_scale: the backbone learns at lr · scale, head and FIN at lr (:mod:`lficam.finetune`).
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class LitClassifier(pl.LightningModule):
         faithfulness_metrics: Sequence[str] | str = FAITHFULNESS_METRICS,
         faithfulness_pixels_per_step: int | None = None,
         faithfulness_batch_size: int = 256,
+        backbone_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         model_config, data_config = _plain(model_config), _plain(data_config)
@@ -342,7 +345,7 @@ class LitClassifier(pl.LightningModule):
             self._faithfulness_seen = 0
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = build_optimizer(self.optimizer_factory, self.net, self.hparams.backbone_lr_scale)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer=optimizer)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lficam.distributed import check_devices, ranks_join_this_run
 from lficam.errors import UserError
+from lficam.finetune import resolve_normalization, split_optimizer_config
 from lficam.loading import check_compatible, model_config_of_checkpoint, read_checkpoint
 from lficam.models import count_parameters, create_model
 from lficam.sweeps import failed_sweep_job
@@ -40,10 +41,12 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
     net = create_model(**model_config)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     data_config = OmegaConf.to_container(cfg.data, resolve=True)
+    optimizer, backbone_lr_scale = split_optimizer_config(cfg.optimizer)
     return instantiate(
         cfg.module,
         net=net,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=instantiate(optimizer),
+        backbone_lr_scale=backbone_lr_scale,
         scheduler=scheduler,
         model_config=model_config,
         data_config=data_config,
@@ -102,6 +105,8 @@ def _fit_and_test(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict[str, floa
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    # the pretrained weights' mean/std for the data, where model.normalization asks (lficam/finetune.py)
+    resolve_normalization(cfg)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     module = build_module(cfg)
     _warn_small_maps(cfg, module.net)
