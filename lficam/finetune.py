@@ -73,7 +73,7 @@ def build_optimizer(
 
 def split_optimizer_config(optimizer: DictConfig) -> tuple[DictConfig, float]:
     """The optimiser config without ``backbone_lr_scale`` (which is ours, not the optimiser's), and the scale."""
-    config = OmegaConf.create(OmegaConf.to_container(optimizer, resolve=False))
+    config = OmegaConf.create(OmegaConf.to_container(optimizer, resolve=True))
     scale = float(config.pop("backbone_lr_scale", 1.0))
     return config, scale
 
@@ -114,10 +114,13 @@ class FreezeBackbone(pl.Callback):
         return trainer.current_epoch < self.epochs
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.epochs:  # off: leave whatever the model's own requires_grad flags are
+            return
         frozen = self._frozen(trainer)
-        if self.epochs and trainer.current_epoch in (0, self.epochs):
+        if trainer.current_epoch in (0, self.epochs):
             log.info("Backbone %s at epoch %d.", "frozen" if frozen else "trained", trainer.current_epoch)
-        set_backbone_frozen(pl_module.net, frozen)
+        if frozen or trainer.current_epoch == self.epochs:
+            set_backbone_frozen(pl_module.net, frozen)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int
@@ -127,7 +130,8 @@ class FreezeBackbone(pl.Callback):
                 bn.eval()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        set_backbone_frozen(pl_module.net, False)  # testing and export see an ordinary model
+        if self.epochs:
+            set_backbone_frozen(pl_module.net, False)  # testing and export see an ordinary model
 
 
 # Input normalisation of pretrained weights

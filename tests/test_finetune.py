@@ -195,3 +195,16 @@ def test_finetune_experiment_runs_one_step_from_the_cached_pretrained_resnet50(t
         rtol=0,
         atol=0,
     )
+
+
+def test_freeze_with_zero_epochs_leaves_the_models_own_flags_alone():
+    from types import SimpleNamespace
+
+    net = lficam.create_model("cifar_resnet20", num_classes=3)
+    net.backbone.stem[0].weight.requires_grad_(False)  # frozen by the user, not by the callback
+    callback, module = FreezeBackbone(epochs=0), SimpleNamespace(net=net)
+    for epoch in (0, 1):
+        callback.on_train_epoch_start(SimpleNamespace(current_epoch=epoch), module)
+    callback.on_train_end(SimpleNamespace(current_epoch=2), module)
+    assert not net.backbone.stem[0].weight.requires_grad
+    assert all(p.requires_grad for n, p in net.backbone.named_parameters() if n != "stem.0.weight")

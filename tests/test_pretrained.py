@@ -123,6 +123,8 @@ def test_timm_weights_without_network_and_cache_name_the_repository_and_the_cach
     assert "hf download timm/resnet18.a1_in1k model.safetensors" in message
     assert "https://huggingface.co/timm/resnet18.a1_in1k/resolve/main/model.safetensors" in message
     assert "\n" not in message
+    with pytest.raises(UserError, match=r"not in the Hugging Face cache"):  # weights=imagenet means the same
+        lficam.create_model("timm/resnet18", num_classes=3, weights="imagenet")
 
 
 def test_timm_weights_are_read_from_the_hugging_face_cache_offline(no_network, tmp_path):
