@@ -64,15 +64,15 @@ def check_timm_name(name: str) -> None:
 class TimmFeatures(nn.Module):
     """A timm feature extractor kept whole: returns its last feature map as B×C×h×w."""
 
-    def __init__(self, net: nn.Module, channels_last: bool) -> None:
+    def __init__(self, net: nn.Module, nhwc: bool) -> None:
         super().__init__()
         self.net = net
-        self.channels_last = channels_last
+        self.nhwc = nhwc  # Swin, MambaOut: B×h×w×C token grids
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.net(x)
         last = features[-1] if isinstance(features, list | tuple) else features
-        return last.permute(0, 3, 1, 2) if self.channels_last else last
+        return last.permute(0, 3, 1, 2) if self.nhwc else last
 
 
 def _stage_infos(net: nn.Module) -> list[StageInfo]:
@@ -119,7 +119,8 @@ def _groups_of_block_net(net: nn.Module) -> list[list[tuple[str, nn.Module]]] | 
 
 
 class TimmBackbone(Backbone):
-    """A timm model's features as a :class:`Backbone`; ``pretrained_cfg`` is timm's (mean, std, source)."""
+    """A timm model's features as a :class:`Backbone`; ``pretrained_cfg`` is timm's pretrained config of the
+    model (mean, std, input size, where the weights come from)."""
 
     def __init__(self, net: nn.Module, timm_name: str) -> None:
         infos = _stage_infos(net)
@@ -128,8 +129,8 @@ class TimmBackbone(Backbone):
         if split:
             stages = [nn.Sequential(OrderedDict(group)) for group in groups]
         else:
-            channels_last = str(getattr(net, "output_fmt", "NCHW")).split(".")[-1] == "NHWC"
-            stages, infos = [TimmFeatures(net, channels_last)], infos[-1:]
+            nhwc = str(getattr(net, "output_fmt", "NCHW")).split(".")[-1] == "NHWC"
+            stages, infos = [TimmFeatures(net, nhwc)], infos[-1:]
         super().__init__(nn.Identity(), stages, infos, family="imagenet")
         self.split = split  # False: kept whole as one stage (see the module docstring)
         self.timm_name = timm_name
@@ -167,6 +168,11 @@ def load_timm_weights(net: nn.Module, name: str, path: str | Path, kwargs: dict[
     load_matching_state(net, renamed, source=f"file {str(path)!r}", target=f"{PREFIX}{name}")
 
 
+def _is_download_error(error: BaseException) -> bool:
+    libraries = ("huggingface_hub", "requests", "httpx", "urllib3")
+    return isinstance(error, OSError) or type(error).__module__.startswith(libraries)
+
+
 def _fetch_timm_pretrained(name: str) -> None:
     """Put timm's pretrained file of ``name`` into its cache (a no-op when it is there); one sentence when
     it is neither cached nor downloadable."""
@@ -178,17 +184,17 @@ def _fetch_timm_pretrained(name: str) -> None:
 
     cfg = check_timm_has_weights(name)
     if cfg.hf_hub_id:
+        import huggingface_hub.errors as hf_errors
         from huggingface_hub import hf_hub_download
 
         repo, _, revision = cfg.hf_hub_id.partition("@")
         try:
             hf_hub_download(repo, cfg.hf_hub_filename or "model.safetensors", revision=revision or None)
-        except (
-            Exception
-        ) as error:  # huggingface_hub raises its own types for offline, missing and HTTP errors
-            if not type(error).__module__.startswith(
-                ("huggingface_hub", "requests", "httpx", "urllib3")
-            ) and not (isinstance(error, OSError)):
+        except getattr(hf_errors, "RemoteEntryNotFoundError", ()):
+            return  # online, but the repository holds another file name: timm looks for its alternatives
+        except Exception as error:
+            # offline, not cached, no network, HTTP errors: huggingface_hub's, requests' and httpx' own types
+            if not _is_download_error(error):
                 raise
             raise UserError(missing_timm_weights_message(name, cfg, error)) from None
     elif cfg.url:
