@@ -246,3 +246,29 @@ def test_timm_kwargs_reach_timm_and_a_bad_one_is_one_sentence():
         assert model(torch.randn(1, 3, SIZE, SIZE)).attention.shape == (1, 4, 4)  # dilated last stage
     with pytest.raises(UserError, match=r"timm_kwargs=\{'colour': 3\}"):
         lficam.create_model("timm/resnet18", num_classes=3, timm_kwargs={"colour": 3})
+
+
+def test_model_timm_config_composes_and_trains_one_step(tmp_path):
+    from lficam.train import build_module
+    from tests.conftest import TINY, compose_train
+
+    cfg = compose_train([*TINY, "model=timm", "model.backbone=timm/efficientnet_b0"], tmp_path)
+    module = build_module(cfg)
+    assert module.hparams.model_config == {
+        "backbone": "timm/efficientnet_b0",
+        "num_classes": 10,
+        "attention": "lficam",
+        "pretrained": False,
+        "weights": None,
+        "timm_kwargs": {},
+        "fin": "paper",
+        "fin_relu_every_layer": None,
+    }
+    optimizer = module.configure_optimizers()["optimizer"]
+    before = [p.detach().clone() for p in module.net.parameters()]
+    loss = module.net.loss(module.net(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1]))
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    changed = [not torch.equal(b, p) for b, p in zip(before, module.net.parameters(), strict=True)]
+    assert all(changed)  # every parameter took the step: backbone, FIN and FC

@@ -107,9 +107,10 @@ class Backbone(nn.Module):
         finally:
             stage.train(training)
         if shape != (2, self.out_channels, side, side):
+            got = shape[0] if isinstance(shape[0], str) else shape[1:]
             raise UserError(
                 f"ABN needs a stride-1 copy of the last stage of {self.name}, and this one cannot be made "
-                f"(a {side}×{side} input gives {shape if len(shape) == 1 else shape[1:]}, not "
+                f"(a {side}×{side} input gives {got}, not "
                 f"{(self.out_channels, side, side)}): ABN works where the last stage downsamples with strided "
                 "convolutions or pooling (ResNet, ResNeXt, SE-ResNet, RegNet, DenseNet, EfficientNet, "
                 "MobileNetV3 and the CIFAR families); use attention=lficam or attention=none here."
