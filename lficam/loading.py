@@ -143,6 +143,8 @@ def _rebuild(config: dict[str, Any], state: dict[str, Tensor], path: str | Path)
     options = dict(config)
     if "weights" in options:
         options["weights"] = None  # the state dict below holds every weight; never read the original file
+    if options.get("pretrained"):
+        options["pretrained"] = False  # nor download pretrained weights
     try:
         # on the meta device first: a model_config is a file's size field (num_classes=10**9 would ask for
         # terabytes), so the real model is built only once its shapes are those of the file's tensors

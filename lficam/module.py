@@ -20,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lficam.diagnostics import AttentionDiagnostics
 from lficam.errors import NonFiniteLossError, UserError
+from lficam.finetune import build_optimizer
 from lficam.maps import upsample
 from lficam.models.output import ModelOutput
 
@@ -69,6 +70,7 @@ class LitClassifier(pl.LightningModule):
     diagnostics: the options of :class:`~lficam.diagnostics.AttentionDiagnostics` (``attention_metrics``,
         ``stability_probe_size``, ``input_stability``, ``faithfulness_every_n_epochs``, ...), the keys of
         conf/train.yaml's ``module:`` section.
+    backbone_lr_scale: the backbone learns at lr · scale, head and FIN at lr (:mod:`lficam.finetune`).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class LitClassifier(pl.LightningModule):
         channels_last: bool = False,
         model_config: dict[str, Any] | None = None,
         data_config: dict[str, Any] | None = None,
+        backbone_lr_scale: float = 1.0,
         **diagnostics: Any,
     ) -> None:
         super().__init__()
@@ -173,7 +176,7 @@ class LitClassifier(pl.LightningModule):
         return self(batch["image"])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = build_optimizer(self.optimizer_factory, self.net, self.hparams.backbone_lr_scale)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer=optimizer)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lficam.distributed import check_devices, ranks_join_this_run
 from lficam.errors import UserError
+from lficam.finetune import resolve_normalization, split_optimizer_config
 from lficam.loggers import instantiate_loggers
 from lficam.models import count_parameters, create_model
 from lficam.resume import start_from_checkpoint
@@ -41,10 +42,12 @@ def build_module(cfg: DictConfig) -> pl.LightningModule:
     net = create_model(**model_config)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     data_config = OmegaConf.to_container(cfg.data, resolve=True)
+    optimizer, backbone_lr_scale = split_optimizer_config(cfg.optimizer)
     return instantiate(
         cfg.module,
         net=net,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=instantiate(optimizer),
+        backbone_lr_scale=backbone_lr_scale,
         scheduler=scheduler,
         model_config=model_config,
         data_config=data_config,
@@ -109,6 +112,8 @@ def _fit_and_test_in_folder(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    # the pretrained weights' mean/std for the data, where model.normalization asks (lficam/finetune.py)
+    resolve_normalization(cfg)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     if cfg.data.get("num_classes") is None:  # a data set that counts its classes (image_folder)
         cfg.data.num_classes = int(datamodule.num_classes)

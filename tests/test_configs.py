@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from lficam.train import build_module, model_config_of
 from tests.conftest import CONF, TINY, compose_train
@@ -37,7 +38,8 @@ def test_model_options_build(name, tmp_path):
     with torch.no_grad():
         out = module.net.eval()(torch.randn(1, 3, size, size))
     assert out.logits.shape == (1, cfg.data.num_classes)
-    assert model_config_of(cfg)["backbone"] == name
+    # the file's name, or the backbone it picks (model=timm picks timm/resnet50)
+    assert model_config_of(cfg)["backbone"] == OmegaConf.load(CONF / "model" / f"{name}.yaml").backbone
 
 
 @pytest.mark.parametrize("name", options("attention"))

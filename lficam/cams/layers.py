@@ -11,11 +11,31 @@ def _contains_conv(module: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in module.modules())
 
 
+def _timm_last_feature_module(model: nn.Module) -> nn.Module | None:
+    """A timm classifier's module of its last ``feature_info`` stage (``layer4``, ``stages.3``,
+    ``features.norm5``), where that stage feeds the pooled head (its channels are ``num_features``; not so
+    for EfficientNet, whose 1×1 ``conv_head`` follows the last stage)."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, list) or not info or not isinstance(info[-1], dict) or "module" not in info[-1]:
+        return None
+    if info[-1].get("num_chs") != getattr(model, "num_features", None):
+        return None
+    try:
+        return model.get_submodule(info[-1]["module"])
+    except AttributeError:
+        return None
+
+
 def default_target_layer(model: nn.Module) -> nn.Module:
-    """``model.target_layer`` (our models: the last backbone stage), else ``model.layer4`` (torchvision
-    ResNets), else the last child module that contains a Conv2d (VGG's and DenseNet's ``features``...)."""
+    """``model.target_layer`` (our models: the last backbone stage, whose channels and resolution are the
+    backbone's last ``feature_info`` entry, timm backbones included), else a timm classifier's last
+    ``feature_info`` module, else ``model.layer4`` (torchvision ResNets), else the last child module that
+    contains a Conv2d (VGG's and DenseNet's ``features``...)."""
     layer = getattr(model, "target_layer", None)
     if isinstance(layer, nn.Module):
+        return layer
+    layer = _timm_last_feature_module(model)
+    if layer is not None:
         return layer
     layer = getattr(model, "layer4", None)
     if isinstance(layer, nn.Module):

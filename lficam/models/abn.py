@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lficam.errors import UserError
 from lficam.models.backbones import Backbone
 from lficam.models.heads import Classifier
 from lficam.models.init import he_init
@@ -20,8 +21,9 @@ class ABNClassifier(Classifier):
       z_att  = GAP(conv1×1_{K→K}(a))                       attention logits (``aux_logits``)
       M      = sigmoid(BN(conv3×3_{K→1}(a)))               attention map in (0, 1), the extractor's resolution
       g'     = (1 + M) · g                                 M broadcast over channels (residual attention)
-      z      = FC(GAP(stage_L(g')))                        perception logits (``logits``): the backbone's
+      z      = FC(GAP(post(stage_L(g'))))                  perception logits (``logits``): the backbone's
                                                             own last stage, so ``target_layer`` stays it
+                                                            (post: identity; DenseNet's final BN-ReLU)
     Loss: CE(z, y) + CE(z_att, y) with equal weights (:meth:`Classifier.loss`); accuracy is read on z.
     Nothing is detached: the perception loss also trains the attention branch through M.
     All convolutions of the branch are bias-free (each is followed by BN or GAP) and He-normal (fan_out)
@@ -31,8 +33,10 @@ class ABNClassifier(Classifier):
     def __init__(self, backbone: Backbone, num_classes: int) -> None:
         super().__init__()
         if len(backbone.stages) < 2:
-            raise ValueError(
-                "ABN needs a backbone with at least two stages (it branches before the last one)."
+            raise UserError(
+                f"ABN needs a backbone with at least two stages (it branches before the last one), and "
+                f"{backbone.name} is one block: ABN works on ResNet, ResNeXt, SE-ResNet, RegNet, DenseNet, "
+                "EfficientNet, MobileNetV3 and the CIFAR families; use attention=lficam or attention=none here."
             )
         self.backbone = backbone
         channels = backbone.out_channels
@@ -64,6 +68,6 @@ class ABNClassifier(Classifier):
         extracted = self.backbone.forward_until(x, len(self.backbone.stages) - 1)
         aux_logits, attention = self.attention_branch(extracted)
         reweighted = (1 + attention.to(extracted.dtype)) * extracted
-        features = self.backbone.stages[-1](reweighted)
+        features = self.backbone.post(self.backbone.stages[-1](reweighted))
         logits = self.fc(features.mean(dim=(2, 3)))
         return ModelOutput(logits, attention.squeeze(1), aux_logits)

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 from lficam.errors import UnknownNameError, UserError
 from lficam.models.init import he_init
@@ -28,14 +30,31 @@ class StageInfo:
 
 
 class Backbone(nn.Module):
-    """A stem followed by a sequence of stages; ``forward`` returns the last stage's feature map."""
+    """A stem followed by a sequence of stages; ``forward`` returns the last stage's feature map F.
 
-    def __init__(self, stem: nn.Module, stages: list[nn.Module], info: list[StageInfo], family: str) -> None:
+    ``post`` is what the trunk applies to F before global average pooling, after any attention has
+    reweighted it: the identity for ResNets, BN → ReLU for the pre-activation CIFAR DenseNet, whose F is
+    taken before its final BN-ReLU (method.md §1.3b). Heads compute ``FC(GAP(post(F')))``.
+    """
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: list[nn.Module],
+        info: list[StageInfo],
+        family: str,
+        *,
+        post: nn.Module | None = None,
+    ) -> None:
         super().__init__()
+        if len(stages) != len(info):
+            raise ValueError(f"{len(stages)} stages but {len(info)} StageInfo entries: give one per stage.")
         self.stem = stem
         self.stages = nn.ModuleList(stages)
+        self.post = nn.Identity() if post is None else post
         self.feature_info = list(info)
         self.family = family  # "cifar" or "imagenet": picks defaults such as the FIN's activations
+        self.name = type(self).__name__  # the registry name, set by create_backbone
 
     @property
     def out_channels(self) -> int:
@@ -52,12 +71,51 @@ class Backbone(nn.Module):
         return self.forward_until(x, len(self.stages))
 
     def last_stage_copy(self, stride: int = 1) -> nn.Module:
-        """A freshly initialised copy of the last stage whose first block has the given stride (ABN)."""
+        """A freshly initialised copy of the last stage with its downsampling at ``stride`` (ABN's branch).
+
+        Every strided convolution gets the stride; a pooling layer that only downsamples (kernel = stride,
+        e.g. ResNet-D shortcuts or DenseNet transitions) becomes the identity at stride 1, and any other
+        strided pooling gets the stride. With stride 1 the copy must then map the second-to-last stage's
+        output to C channels at the same resolution; a stage whose downsampling is something else (a
+        2×2 patch convolution, a strided attention block) cannot be copied this way: UserError.
+        """
         stage = copy.deepcopy(self.stages[-1])
-        for module in stage.modules():
+        for name, module in list(stage.named_modules()):
             if isinstance(module, nn.Conv2d) and module.stride != (1, 1):
                 module.stride = (stride, stride)
+            elif isinstance(module, nn.MaxPool2d | nn.AvgPool2d) and _pair(module.stride) != (1, 1):
+                if stride == 1 and _pair(module.kernel_size) == _pair(module.stride) and name:
+                    stage.set_submodule(name, nn.Identity())
+                else:
+                    module.stride = stride
+        if stride == 1 and len(self.stages) > 1:
+            self._check_same_resolution(stage)
         return he_init(stage)
+
+    def _check_same_resolution(self, stage: nn.Module) -> None:
+        """Run the stride-1 copy on a probe of the second-to-last stage's shape; refuse it where it downsamples."""
+        channels_in, side = self.feature_info[-2].channels, 8
+        probe = torch.zeros(2, channels_in, side, side)
+        parameter = next(stage.parameters(), None)
+        if parameter is not None:
+            probe = probe.to(parameter.device, parameter.dtype)
+        training = stage.training
+        try:
+            with torch.no_grad():
+                shape = tuple(stage.eval()(probe).shape)
+        except RuntimeError as error:  # a shortcut that still downsamples cannot be added to the main path
+            shape = (f"an error: {str(error).splitlines()[0][:80]}",)
+        finally:
+            stage.train(training)
+        if shape != (2, self.out_channels, side, side):
+            got = shape[0] if isinstance(shape[0], str) else shape[1:]
+            raise UserError(
+                f"ABN needs a stride-1 copy of the last stage of {self.name}, and this one cannot be made "
+                f"(a {side}×{side} input gives {got}, not "
+                f"{(self.out_channels, side, side)}): ABN works where the last stage downsamples with strided "
+                "convolutions or pooling (ResNet, ResNeXt, SE-ResNet, RegNet, DenseNet, EfficientNet, "
+                "MobileNetV3 and the CIFAR families); use attention=lficam or attention=none here."
+            )
 
 
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}
@@ -71,15 +129,37 @@ def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable
     return wrap
 
 
+#: Families of backbones named by a prefix and a name of another library: ``timm/<name>``.
+_PREFIXES: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone_prefix(prefix: str, builder: Callable[..., Backbone]) -> None:
+    """Route every backbone name ``<prefix><name>`` to ``builder(name, **options)``."""
+    _PREFIXES[prefix] = builder
+
+
+def backbone_builder(name: str) -> Callable[..., Backbone]:
+    """The builder of a backbone name: a registered one, or a prefix family (``timm/resnet50``)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    for prefix, builder in _PREFIXES.items():
+        if isinstance(name, str) and name.startswith(prefix):
+            return builder
+    raise UnknownNameError("backbone", name, available_backbones())
+
+
 def available_backbones() -> list[str]:
-    return sorted(_REGISTRY)
+    """Registered names, and ``<prefix><name>`` for each prefix family (e.g. ``timm/<name>``)."""
+    return sorted(_REGISTRY) + [f"{prefix}<name>" for prefix in sorted(_PREFIXES)]
 
 
 def create_backbone(name: str, **options: object) -> Backbone:
     """Build a backbone by name, e.g. ``create_backbone("resnet50", stem_stride=1)``."""
-    if name not in _REGISTRY:
-        raise UnknownNameError("backbone", name, _REGISTRY)
-    return _REGISTRY[name](**options)
+    builder = backbone_builder(name)
+    prefix = next((p for p in _PREFIXES if name not in _REGISTRY and name.startswith(p)), None)
+    backbone = builder(name[len(prefix) :], **options) if prefix else builder(**options)
+    backbone.name = name
+    return backbone
 
 
 def load_weights_file(path: str | Path) -> dict[str, Tensor]:
@@ -103,3 +183,62 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(state, dict):
         raise UserError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict of tensors.")
     return state
+
+
+def load_matching_state(
+    module: nn.Module,
+    state: dict[str, Tensor],
+    *,
+    source: str,
+    target: str,
+    ignored: Callable[[str], bool] = lambda key: False,
+) -> None:
+    """Copy ``state`` into ``module``, which must take every one of its tensors with the same shape.
+
+    Keys for which ``ignored(key)`` is true (a classifier the head replaces) are skipped on both sides;
+    BatchNorm's ``num_batches_tracked`` may be absent from the file (older checkpoints omit it).
+    Anything else that does not fit is one sentence: how many keys are missing, unexpected and of
+    another shape, with an example of each.
+    """
+    expected = {k: v for k, v in module.state_dict().items() if not ignored(k)}
+    given = {k: v for k, v in state.items() if not ignored(k)}
+    missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [
+        f"{k} {tuple(getattr(given[k], 'shape', ()))} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and not (torch.is_tensor(given[k]) and tuple(given[k].shape) == tuple(v.shape))
+    ]
+    if missing or unexpected or reshaped:
+        examples = "; ".join(
+            f"{label} e.g. {keys[0]!r}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("reshaped", reshaped))
+            if keys
+        )
+        raise UserError(
+            f"Weights {source} do not fit {target}: {len(missing)} of its keys are missing, "
+            f"{len(unexpected)} are unexpected and {len(reshaped)} have another shape ({examples}); "
+            "give a state dict saved from the same architecture."
+        )
+    try:
+        module.load_state_dict({k: v for k, v in given.items() if k in expected}, strict=False)
+    except RuntimeError as error:  # a tensor of a layout or dtype that cannot be copied in
+        raise UserError(f"Weights {source} cannot be loaded into {target} ({str(error)[:120]}).") from None
+
+
+def load_own_weights(backbone: Backbone, weights: str | Path | None, name: str) -> Backbone:
+    """A backbone without published pretrained weights (the CIFAR families): ``weights`` may be a local file
+    of this backbone's own state dict (keys ``stem.…``, ``stages.…``); a weight name is one sentence."""
+    if weights is None:
+        return backbone
+    from lficam.models.pretrained import looks_like_path
+
+    if not looks_like_path(weights):
+        raise UserError(
+            f"{name} has no published pretrained weights (weights={weights!r}; the paper trains its CIFAR models "
+            "from scratch): drop model.options.weights, give a file of this backbone's state dict, or choose a "
+            "backbone with ImageNet weights (resnet18…152 with weights=imagenet, or timm/<name> with "
+            "pretrained=true)."
+        )
+    load_matching_state(backbone, load_weights_file(weights), source=f"file {str(weights)!r}", target=name)
+    return backbone

@@ -8,10 +8,12 @@ as in the ABN and LFI-CAM CIFAR code, so ResNet-110 ends with 256 channels. Proj
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import Tensor, nn
 
 from lficam.errors import UserError
-from lficam.models.backbones import Backbone, StageInfo, register_backbone
+from lficam.models.backbones import Backbone, StageInfo, load_own_weights, register_backbone
 from lficam.models.init import he_init
 
 
@@ -90,10 +92,12 @@ def cifar_resnet(depth: int, block: str = "auto") -> Backbone:
 
 def _register(depth: int) -> None:
     @register_backbone(f"cifar_resnet{depth}")
-    def builder(block: str = "auto") -> Backbone:
-        return cifar_resnet(depth, block=block)
+    def builder(block: str = "auto", weights: str | Path | None = None) -> Backbone:
+        return load_own_weights(cifar_resnet(depth, block=block), weights, f"cifar_resnet{depth}")
 
-    builder.__doc__ = f"CIFAR ResNet-{depth} trunk; option: block (auto)."
+    builder.__doc__ = (
+        f"CIFAR ResNet-{depth} trunk; options: block (auto), weights (None or a file of its state dict)."
+    )
 
 
 for _depth in (20, 32, 44, 56, 110):

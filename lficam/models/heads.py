@@ -27,8 +27,10 @@ class Classifier(nn.Module):
 
     @property
     def target_layer(self) -> nn.Module:
-        """The layer whose activations post-hoc CAMs explain by default: the last stage."""
-        return self.backbone.stages[-1]
+        """The layer whose activations post-hoc CAMs explain by default: the last stage, or the backbone's
+        ``post`` module where it has one (DenseNet's final BN-ReLU), whose output is what GAP → FC sees."""
+        post = self.backbone.post
+        return self.backbone.stages[-1] if isinstance(post, nn.Identity) else post
 
 
 class PlainClassifier(Classifier):
@@ -45,7 +47,7 @@ class PlainClassifier(Classifier):
 
     def forward(self, x: Tensor) -> ModelOutput:
         check_images(x)
-        features = self.backbone(x)
+        features = self.backbone.post(self.backbone(x))
         logits = self.fc(features.mean(dim=(2, 3)))
         weights = self.fc.weight[logits.argmax(dim=1)]
         cam = torch.einsum("bc,bchw->bhw", weights.to(features.dtype), features)
@@ -60,7 +62,7 @@ class LFICAMClassifier(Classifier):
       N  = minmax_space(F) per channel; 0/0 → 1; N = 0 where F = 0
       w  = softmax_C(GAP(FIN(N · g)))                 one importance per channel
       S  = ReLU(Σ_k w_k F_k);  A = minmax_space(S)     (a constant S is kept as is, so S = 0 gives A = 0)
-      F' = (1 + A) · F;  logits = FC(GAP(F'))
+      F' = (1 + A) · F;  logits = FC(GAP(post(F')))     post: the backbone's (identity; DenseNet: BN-ReLU)
     Trained with cross-entropy on the logits only; nothing is detached, so the FIN learns through A.
 
     The logits are the official code's, constant S included. The reported ``attention`` is A where S varies
@@ -97,7 +99,7 @@ class LFICAMClassifier(Classifier):
         saliency = self.saliency(x, features)
         attention = minmax_spatial(saliency)  # step 6, as the official code: a constant S stays S
         reweighted = (1 + attention.unsqueeze(1).to(features.dtype)) * features
-        logits = self.fc(reweighted.mean(dim=(2, 3)))
+        logits = self.fc(self.backbone.post(reweighted).mean(dim=(2, 3)))
         flat = is_flat(saliency).view(-1, 1, 1)
         return ModelOutput(logits, torch.where(flat, torch.zeros_like(attention), attention))
 
