@@ -31,7 +31,8 @@ def model_config_of(cfg: DictConfig) -> dict[str, Any]:
     options = {**(cfg.model.get("options") or {}), **(cfg.attention.get("options") or {})}
     return {
         "backbone": cfg.model.backbone,
-        "num_classes": int(cfg.data.num_classes),
+        # None until a data set that counts its classes (image_folder) has been built
+        "num_classes": None if cfg.data.get("num_classes") is None else int(cfg.data.num_classes),
         "attention": cfg.attention.name,
         **OmegaConf.to_container(OmegaConf.create(options), resolve=True),
     }

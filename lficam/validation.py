@@ -37,13 +37,14 @@ def check_config(cfg: DictConfig) -> None:
     if data.get("eval_batch_size") is not None:
         _check_count(data, "eval_batch_size", "is not a number of images per evaluation batch")
     fits = cfg.get("train", True)
-    if fits and "train_size" in data:
+    # a split size of None means "all of it" (Fashion-MNIST's 60 000, a folder's every image)
+    if fits and data.get("train_size") is not None:
         _check_count(data, "train_size", "leaves nothing to train on")
-    if fits and "val_size" in data:
+    if fits and data.get("val_size") is not None:
         _check_count(
             data, "val_size", "leaves no validation images, which choose the best checkpoint (val/acc)"
         )
-    if cfg.get("test", True) and "test_size" in data:
+    if cfg.get("test", True) and data.get("test_size") is not None:
         _check_count(data, "test_size", "leaves nothing to test", " or test=false")
     if cfg.get("optimizer"):
         _check_optimizer(cfg.optimizer)
@@ -57,8 +58,11 @@ def _check_optimizer(optimizer: DictConfig) -> None:
         raise UserError(
             f"optimizer.lr={lr!r} is not a learning rate; use a positive number such as optimizer.lr=0.05."
         )
+    from lficam.finetune import split_optimizer_config
+
+    torch_optimizer, _ = split_optimizer_config(optimizer)  # backbone_lr_scale is ours, not the optimiser's
     try:  # PyTorch's own checks (a negative momentum, weight decay, beta …), on a stand-in parameter
-        instantiate(optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+        instantiate(torch_optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as error:
         raise UserError(
             f"{optimizer.get('_target_')} refuses the optimizer settings ({error}); correct the optimizer.* "

@@ -84,6 +84,7 @@ class ConstantFeatures(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.tensor([3.0, 5.0, 7.0, 9.0]))
+        self.post = nn.Identity()  # what a Backbone applies before GAP (DenseNet's BN-ReLU; here nothing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         level = x.mean(dim=(1, 2, 3)).abs() + 1

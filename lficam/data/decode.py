@@ -16,6 +16,7 @@ pixels is refused before any decoder allocates it: a small file claiming a huge 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -62,13 +63,23 @@ def image_size_of(path: str | Path, data: bytes | None = None) -> tuple[str, tup
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data) if data is not None else path) as image:
                 fmt, size = image.format or "", image.size
+    except Image.DecompressionBombError as error:  # past twice the limit, Pillow refuses before the size
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        raise BadImageError(path, _too_large(int(pixels.group(1)) if pixels else None)) from None
     except _PIL_ERRORS as error:
         raise BadImageError(path, _reason(error)) from None
-    if size[0] * size[1] > MAX_PIXELS or min(size) < 1:
-        raise BadImageError(
-            path, f"it is {size[0]}×{size[1]} px, outside the 1…{MAX_PIXELS} pixels this loader decodes"
-        )
+    if min(size) < 1:
+        raise BadImageError(path, f"it is {size[0]}×{size[1]} px, an image without pixels")
+    if size[0] * size[1] > MAX_PIXELS:
+        raise BadImageError(path, _too_large(size[0] * size[1]))
     return fmt, size
+
+
+def _too_large(pixels: int | None) -> str:
+    return (
+        f"its {pixels if pixels is not None else 'many'} pixels exceed PIL's limit of {MAX_PIXELS} against "
+        "decompression bombs; resize the image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it"
+    )
 
 
 _SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
