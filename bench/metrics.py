@@ -207,7 +207,8 @@ def bench_protocols(images: int | None, test_size: int) -> None:
         reports = {}
         for protocol in ("quick", "full"):
             overrides = [
-                f"ckpt_path={checkpoint}",
+                *paths,
+                f"ckpt_path='{checkpoint}'",  # Lightning's default file name has '=' in it
                 f"eval.protocol={protocol}",
                 f"paths.output_dir={work / protocol}",
             ]

@@ -131,14 +131,6 @@ def pass_over_test_split(
     return result, {key: torch.cat(parts) for key, parts in kept.items()}
 
 
-def own_maps(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
-    """The model's own attention maps at the images' size (B×H×W in [0, 1]), from one forward pass."""
-    with torch.no_grad():
-        return torch.cat(
-            [upsample(model(chunk).attention, images.shape[-2:]) for chunk in images.split(batch_size)]
-        )
-
-
 def cam_maps(
     name: str, model: nn.Module, images: Tensor, batch_size: int, options: dict[str, Any] | None = None
 ) -> Tensor:
@@ -494,13 +486,9 @@ def evaluate_stability(cfg: DictConfig) -> dict[str, Any]:
             with progress.stage(str(path)):
                 model = load(path, map_location=device).eval()
                 attention = model.lficam_metadata["model_config"].get("attention")
-                runs.append(
-                    {
-                        "checkpoint": str(path),
-                        "attention": attention,
-                        "maps": own_maps(model, images, options.batch_size),
-                    }
-                )
+                own = M.attention_map_fn(model)
+                maps = torch.cat([own(chunk) for chunk in images.split(options.batch_size)])
+                runs.append({"checkpoint": str(path), "attention": attention, "maps": maps})
     n = len(runs)
     iou = torch.full((n, n), float("nan"))
     rho = torch.full((n, n), float("nan"))

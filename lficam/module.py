@@ -9,6 +9,7 @@ step's output, to callbacks such as the overlays.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -184,8 +185,6 @@ class LitClassifier(pl.LightningModule):
 
 
 def _diagnostics(num_classes: int, options: dict[str, Any]) -> AttentionDiagnostics:
-    import inspect
-
     known = [p for p in inspect.signature(AttentionDiagnostics).parameters if p != "num_classes"]
     unknown = sorted(set(options) - set(known))
     if unknown:

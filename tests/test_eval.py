@@ -211,6 +211,10 @@ def test_progress_logs_each_stage_with_the_time_left(caplog):
     assert lines[0].startswith("a: done in 0 s (25 %); about ") and lines[0].endswith(" left")
     assert lines[1].startswith("b: done in 0 s (100 %); about 0 s left")
     assert set(p.wall_times) == set(p.cpu_times) == {"a", "b", "total"}
+    bar = StageProgress({"a": 1, "b": 1}, terminal=True)  # a rich bar instead of log lines
+    with bar, bar.stage("a"):
+        pass
+    assert bar.done == 1 and bar.left() is not None
 
 
 def _fake_run(folder, best, others, *, summary=None, recorded_in=None):
