@@ -30,6 +30,7 @@ TINY = [
     "study.eval.cams=[gradcam]",
     "study.eval.images=16",
     "study.eval.faithfulness_images=8",
+    "study.eval.stability_images=8",
     "study.eval.faithfulness_steps=8",
     "study.eval.noise_samples=1",
     "study.step_time.rounds=1",

@@ -8,8 +8,8 @@ LayerCAM, Abs-CAM, for the predicted class; :mod:`lficam.cams`). Per map, means 
   pointing game, and mask IoU at ``mask_iou_threshold`` of each map's range;
 - faithfulness on the first ``faithfulness_images`` of them: deletion and insertion AUC with
   ceil(H·W / ``faithfulness_steps``) pixels per step, Average Drop % and Increase in Confidence %;
-- stability under input changes, for every map (eval.py does it for the own map only): x + N(0, ``noise_std``²)
-  (``noise_samples`` draws) and the left-right flip with the map flipped back; the map of the perturbed image is
+- stability under input changes on the first ``stability_images``, for every map (eval.py does it for the own
+  map only): x + N(0, ``noise_std``²) (``noise_samples`` draws) and the left-right flip with the map flipped back; the map of the perturbed image is
   that of the class predicted on it; IoU at > 100/255 and Spearman's ρ against the clean image's map.
 The own maps (and Grad-CAM's, where computed) of the first ``images`` test images are kept in ``maps.pt`` for
 the cross-run stability (:mod:`lficam.study.stability`). Runs trained for the stability settings only get the
@@ -164,15 +164,16 @@ def score(
     out["insertion_auc"] = _mean(M.insertion_auc(model, x, m, pixels_per_step=step, batch_size=batch))
     out["average_drop"] = _mean(M.average_drop(model, x, m, batch_size=batch))
     out["increase_in_confidence"] = _mean(M.increase_in_confidence(model, x, m, batch_size=batch))
+    k = min(int(options.stability_images), images.shape[0])
     for kind in ("noise", "flip"):
         scores = M.perturbation_stability(
             fn,
-            images,
+            images[:k],
             kind,
             noise_std=float(options.noise_std),
             samples=int(options.noise_samples),
             batch_size=batch,
-            base_maps=maps,
+            base_maps=maps[:k],
         )
         out[f"stability_{kind}_iou"] = _mean(scores.iou)
         out[f"stability_{kind}_spearman"] = _mean(scores.spearman)
@@ -185,6 +186,7 @@ def eval_key(options: Any, methods: list[str], full: bool, checkpoint: Path) -> 
     keys = (
         "images",
         "faithfulness_images",
+        "stability_images",
         "faithfulness_steps",
         "noise_std",
         "noise_samples",
@@ -215,12 +217,15 @@ def evaluate_run(
     num_classes = int(model.lficam_metadata["model_config"]["num_classes"])
     results: dict[str, dict[str, float]] = {}
     kept: dict[str, Tensor] = {}
+    seconds: dict[str, float] = {}
     for method in methods:
+        began = time.perf_counter()
         fn = map_fn(model, method)
         maps = maps_of(fn, test.images, int(options.batch_size))
         results[method] = score(model, fn, test, maps, num_classes, options, full)
         if method in KEPT_MAPS:
             kept[method] = maps.cpu()
+        seconds[method] = time.perf_counter() - began
     summary = json.loads((run_dir / "summary.json").read_text())
     report = {
         "eval_key": eval_key(options, methods, full, checkpoint),
@@ -230,6 +235,7 @@ def evaluate_run(
         "num_images": int(test.images.shape[0]),
         "image_ids": test.ids.tolist(),
         "maps": results,
+        "method_wall_s": seconds,
         "wall_s": time.perf_counter() - start,
     }
     torch.save({k: v.contiguous() for k, v in kept.items()}, run_dir / "maps.pt")

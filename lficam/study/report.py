@@ -480,8 +480,9 @@ def render(results: dict[str, Any]) -> str:
     out += ["", f"Common overrides of every run: `{' '.join(study['common'])}`.", ""]
     ev = study["eval"]
     out += [
-        f"Attention quality: the first {ev['images']} test images of each data set for localisation and input "
-        f"stability, the first {ev['faithfulness_images']} of them for deletion/insertion (about "
+        f"Attention quality: the first {ev['images']} test images of each data set for localisation and cross-run "
+        f"stability, the first {ev['stability_images']} of them for input stability, the first "
+        f"{ev['faithfulness_images']} for deletion/insertion (about "
         f"{ev['faithfulness_steps']} steps), Average Drop and Increase in Confidence; post-hoc CAMs "
         f"({', '.join(METHOD_NAMES.get(c, c) for c in ev['cams'])}) on {', '.join(MODEL_NAMES.get(m, m) for m in ev['cam_models'])}; "
         f"input noise σ = {ev['noise_std']} ({ev['noise_samples']} draw(s) per image) and the left-right flip. Mask IoU at "
@@ -665,8 +666,10 @@ def paper_scale_section(scale: dict[str, Any] | None) -> list[str]:
             ],
         ),
         "",
-        f"In all about {scale['hours']:.0f} GPU hours on one GPU (runs are independent: N GPUs take about 1/N of it "
-        "with `study.launcher=subprocess` started once per GPU on disjoint `study.datasets`).",
+        f"In all about {scale['hours']:.0f} GPU hours on one GPU, one run after another. The runs are "
+        "independent: on N GPUs start the command N times with disjoint `study.datasets=[...]` (one GPU each, "
+        "`CUDA_VISIBLE_DEVICES`) on the same `study.runs_dir`, then once more with every data set: it reuses all "
+        "runs and writes the whole report.",
         "",
     ]
     return out
