@@ -56,5 +56,13 @@ fashion-mnist:  ## install Fashion-MNIST (Debian package dataset-fashion-mnist) 
 		     "(train-images-idx3-ubyte.gz …) into a folder and pass data.root=<folder>"; \
 	fi
 
+# --- the reproduction study (conf/study/, lficam/study/): resumable, rerun the same target after a stop ---
+.PHONY: reproduce reproduce-quick
+reproduce: $(STAMP)  ## rerun the paper's claims (~2 h on 2 CPU cores): docs/results.md, .json, figures
+	$(BIN)/python reproduce.py $(ARGS)
+
+reproduce-quick: $(STAMP)  ## the same study pipeline at a toy scale (minutes), into outputs/study/quick/
+	$(BIN)/python reproduce.py study=quick $(ARGS)
+
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf outputs multirun .pytest_cache
