@@ -44,7 +44,11 @@ _PIL_ERRORS = (
 class BadImageError(UserError):
     """An image file that no decoder reads: its path and the reason, in one sentence."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    def __init__(self, path: str | Path, reason: str | None = None) -> None:
+        if reason is None:  # rebuilt from its message alone, as PyTorch does after a data-loader worker
+            self.path = ""
+            super().__init__(str(path))
+            return
         self.path = str(path)
         super().__init__(
             f"Cannot read image {self.path!r} ({reason}); remove or replace the file, or set "

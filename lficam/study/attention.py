@@ -33,7 +33,7 @@ from lficam import metrics as M
 from lficam.data.base import first_items
 from lficam.errors import UserError
 from lficam.loading import load, read_checkpoint
-from lficam.module import upsample_maps
+from lficam.maps import upsample
 from lficam.study.launch import read_json, write_json
 
 OWN = "own"
@@ -121,7 +121,7 @@ def own_map_fn(model: nn.Module):
 
     def maps(x: Tensor) -> Tensor:
         with torch.no_grad():
-            return upsample_maps(model(x).attention, tuple(x.shape[-2:]))
+            return upsample(model(x).attention, tuple(x.shape[-2:]))
 
     return maps
 
