@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from lficam.cams.fam import check_similarity, pooled_features, target_layer_name
 from lficam.cams.layers import find_classifier, resolve_target_layer
+from lficam.data.base import content_config
 from lficam.errors import UnknownNameError, UserError
 
 log = logging.getLogger("lficam")
@@ -36,9 +37,6 @@ KIND = "lficam-fam-prototypes"
 VERSION = 1
 REFERENCES = ("fc", "prototypes")
 #: Data options that change how images are loaded, not which images there are.
-LOADER_KEYS = frozenset(
-    {"batch_size", "eval_batch_size", "num_workers", "pin_memory", "cache_dir", "augment", "shuffle_seed"}
-)
 
 
 @dataclass
@@ -120,7 +118,7 @@ def file_digest(path: str | Path) -> str:
 
 def data_identity(data_config: dict[str, Any]) -> dict[str, Any]:
     """The data options that decide which images the training split holds (loader settings left out)."""
-    return {k: v for k, v in sorted(data_config.items()) if k not in LOADER_KEYS}
+    return content_config(data_config)
 
 
 def cache_path(checkpoint: str | Path, layer: str, per_class: int, data_config: dict[str, Any]) -> Path:

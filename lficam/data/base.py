@@ -71,6 +71,29 @@ def first_items(dataset: Dataset, count: int) -> dict[str, Tensor]:
     return {key: torch.stack([torch.as_tensor(item[key]) for item in items]) for key in items[0]}
 
 
+#: data options that decide how images are served, not which images a split holds: loaders, caches, the run's
+#: seed for order and augmentation (so runs of a seed sweep still compare map by map)
+LOADER_KEYS = frozenset(
+    {
+        "batch_size",
+        "eval_batch_size",
+        "num_workers",
+        "pin_memory",
+        "persistent_workers",
+        "cache_dir",
+        "augment",
+        "shuffle_seed",
+        "augment_seed",
+        "skip_bad_images",
+    }
+)
+
+
+def content_config(data_config: dict[str, Any]) -> dict[str, Any]:
+    """The data options that decide the images of every split (:data:`LOADER_KEYS` left out), sorted."""
+    return {k: v for k, v in sorted(data_config.items()) if k not in LOADER_KEYS}
+
+
 class ClassificationDataModule(pl.LightningDataModule):
     """Shared loaders and metadata; subclasses build ``self.train_set``, ``self.val_set``, ``self.test_set``."""
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from lficam import cams as cam_methods
 from lficam import metrics as M
-from lficam.data.base import first_items
+from lficam.data.base import content_config, first_items
 from lficam.errors import UserError
 from lficam.loading import load, read_checkpoint
 from lficam.maps import upsample
@@ -67,10 +67,6 @@ class TestImages:
     data_config: dict[str, Any]
 
 
-#: data options that change the content of the test images (batch sizes, workers and augmentation do not)
-_NOT_CONTENT = {"batch_size", "eval_batch_size", "num_workers", "augment"}
-
-
 def best_checkpoint(run_dir: Path) -> Path:
     """The checkpoint chosen on validation (summary.json's best), else the last one."""
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -90,9 +86,7 @@ def data_config_of(checkpoint: Path) -> dict[str, Any]:
 
 
 def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return {k: v for k, v in a.items() if k not in _NOT_CONTENT} == {
-        k: v for k, v in b.items() if k not in _NOT_CONTENT
-    }
+    return content_config(a) == content_config(b)
 
 
 def load_test_images(checkpoint: Path, count: int, device: torch.device) -> TestImages:
