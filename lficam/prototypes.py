@@ -36,7 +36,6 @@ log = logging.getLogger("lficam")
 KIND = "lficam-fam-prototypes"
 VERSION = 1
 REFERENCES = ("fc", "prototypes")
-#: Data options that change how images are loaded, not which images there are.
 
 
 @dataclass

@@ -57,6 +57,8 @@ class BadImageError(UserError):
 
 
 def _reason(error: BaseException) -> str:
+    if isinstance(error, UnidentifiedImageError):  # Pillow names the in-memory buffer, not the file
+        return "UnidentifiedImageError: no image format Pillow knows"
     return f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else 'no detail'}"
 
 
