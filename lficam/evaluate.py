@@ -383,7 +383,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     title = f"Attention quality on {report['num_images']} test images ({options['protocol']} protocol)"
     for table in results_tables(title, results, width=min(console.width, 100)):
         console.print(table)
-    console.print(f"Results written to {output_dir}")
+    print(f"Results written to {output_dir}")  # unwrapped: the path is one line to copy
     return report
 
 

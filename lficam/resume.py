@@ -40,7 +40,10 @@ _SCHEDULER_PROGRESS = frozenset({"last_epoch", "base_lrs"})
 
 def _fresh_state(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The optimiser's param group and the scheduler's state as this config builds them, on a stand-in."""
-    optimizer = instantiate(cfg.optimizer)(params=[nn.Parameter(torch.zeros(1))])
+    from lficam.finetune import split_optimizer_config
+
+    torch_optimizer, _ = split_optimizer_config(cfg.optimizer)  # backbone_lr_scale is ours, not SGD's
+    optimizer = instantiate(torch_optimizer)(params=[nn.Parameter(torch.zeros(1))])
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer) if cfg.get("scheduler") else None
     return optimizer.state_dict()["param_groups"][0], (scheduler.state_dict() if scheduler else None)
 

@@ -229,6 +229,11 @@ def test_experiment_runs_one_step_on_fake_data(name: str, tmp_path: Path) -> Non
         "data.eval_batch_size=2",
         "data.num_workers=0",
     ]
+    if base.model.get("options", {}).get("weights") or base.model.get("options", {}).get("pretrained"):
+        # no network in tests: the recipe's pretrained start is covered by tests/test_finetune.py from a
+        # seeded cache; here its other choices run one step from random weights
+        overrides += ["model.options.weights=null"] if base.model.options.get("weights") else []
+        overrides += ["model.options.pretrained=false"] if base.model.options.get("pretrained") else []
     cfg = compose_experiment(name, tmp_path, overrides)
     assert cfg.model.backbone == base.model.backbone  # the recipe's own backbone, not a stand-in
     with open_dict(cfg):
