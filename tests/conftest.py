@@ -49,6 +49,18 @@ def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
     return cfg
 
 
+@pytest.fixture(autouse=True)
+def _no_shared_wandb_service(monkeypatch) -> None:
+    """Forget a W&B service an earlier test's ``wandb.init`` started in this process.
+
+    wandb records its service's address in ``WANDB_SERVICE``, and a child process inherits it: a training run
+    started by a test would then share this process's service, which outlives the child. A child killed with
+    SIGKILL leaves its run open in that service ("run ID ... is in use" on resume) and its offline file
+    unfinished. Each run of this project owns its service, as it does outside the tests.
+    """
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> DictConfig:
     return compose_train(TINY, tmp_path)

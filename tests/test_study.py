@@ -79,7 +79,7 @@ def test_the_study_base_recipe_with_a_setting_is_the_settings_values(tmp_path: P
         s5 = compose("train", overrides=["experiment=study_cpu", "+setting=s5", f"paths.root_dir={tmp_path}"])
     assert (base.optimizer.lr, base.data.batch_size, base.optimizer.weight_decay) == (0.1, 128, 1e-4)
     assert (s5.optimizer.lr, s5.data.batch_size, s5.seed) == (0.2, 256, 4)
-    assert base.trainer.precision == "bf16-mixed"
+    assert base.trainer.precision == "32-true"
 
 
 def test_an_override_that_would_hide_a_setting_is_refused() -> None:
