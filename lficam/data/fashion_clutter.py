@@ -46,7 +46,8 @@ from lficam.data.fashion_mnist import (
     garment_splits,
     locate,
 )
-from lficam.data.grey import GreyMaskDataset, load_cache, mean_std, pack_masks, save_cache, unpack_masks
+from lficam.data.grey import normalisation
+from lficam.data.in_memory import Split, load_splits, save_splits, split_datasets
 from lficam.data.masks import SILHOUETTE_THRESHOLD
 from lficam.data.seeding import hash_seed, stream_id
 from lficam.errors import UserError
@@ -325,45 +326,30 @@ class FashionClutterDataModule(ClassificationDataModule):
         )
         return Path(self.cache_dir) / "fashion_clutter" / f"{key}.pt"
 
-    def render_splits(self) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+    def render_splits(self) -> dict[str, Split]:
         """(canvases, labels, masks) of each split, from the cache when one was written for these settings."""
         path = self._cache_path()
-        cached = load_cache(path)
-        size = self.config.image_size
+        cached = load_splits(path, self.config.image_size)
         if cached is not None:
-            return {
-                split: (
-                    cached[f"{split}/images"],
-                    cached[f"{split}/labels"],
-                    unpack_masks(cached[f"{split}/masks"], size, size),
-                )
-                for split in SPLIT_IDS
-            }
+            return cached
         garments = garment_splits(
             self.root, val_size=self.val_garments, seed=self.config.seed, threshold=self.threshold
         )
-        splits, tensors = {}, {}
+        splits = {}
         for split in SPLIT_IDS:
             parts = [
                 render(chunk, split, self.config, garments[split])
                 for chunk in torch.arange(self.sizes[split]).split(_CHUNK)
             ]
-            images, labels, masks = (torch.cat(p) for p in zip(*parts))
-            splits[split] = (images, labels, masks)
-            tensors.update(
-                {f"{split}/images": images, f"{split}/labels": labels, f"{split}/masks": pack_masks(masks)}
-            )
-        save_cache(path, tensors)
+            splits[split] = tuple(torch.cat(p) for p in zip(*parts))
+        save_splits(path, splits)
         return splits
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         splits = self.render_splits()
-        mean, std = mean_std(splits["train"][0])
-        self.mean = self.given_mean or (mean,) * 3
-        self.std = self.given_std or (std,) * 3
-        options = {"mean": self.mean, "std": self.std, "seed": self.augment_seed}
-        self.train_set = GreyMaskDataset(*splits["train"], augment=self.augment, **options)
-        self.val_set = GreyMaskDataset(*splits["val"], **options)
-        self.test_set = GreyMaskDataset(*splits["test"], **options)
+        self.mean, self.std = normalisation(splits["train"][0], self.given_mean, self.given_std)
+        self.train_set, self.val_set, self.test_set = split_datasets(
+            splits, mean=self.mean, std=self.std, seed=self.augment_seed, augment=self.augment
+        )

@@ -29,16 +29,9 @@ import torch
 from torch import Tensor
 
 from lficam.data.base import ClassificationDataModule
-from lficam.data.grey import (
-    GreyMaskDataset,
-    load_cache,
-    mean_std,
-    pack_masks,
-    resize_grey,
-    save_cache,
-    unpack_masks,
-)
+from lficam.data.grey import normalisation, resize_grey
 from lficam.data.idx import read_idx
+from lficam.data.in_memory import Split, load_splits, save_splits, split_datasets
 from lficam.data.masks import SILHOUETTE_THRESHOLD, silhouettes
 from lficam.data.seeding import hash_seed, stream_id
 from lficam.errors import UserError
@@ -252,21 +245,13 @@ class FashionMNISTDataModule(ClassificationDataModule):
         name = f"splits-{key}-s{self.image_size}-{sizes}-seed{self.seed}-t{self.threshold}-v1.pt"
         return Path(self.cache_dir) / "fashion_mnist" / name
 
-    def build_splits(self) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+    def build_splits(self) -> dict[str, Split]:
         """(images N×S×S uint8, labels, masks N×S×S) of each split at ``image_size``, from the cache when
         one was written for these files and settings (tensors only, masks one bit a pixel)."""
         path = self._cache_path()
-        cached = load_cache(path)
+        cached = load_splits(path, self.image_size)
         if cached is not None:
-            size = self.image_size
-            return {
-                split: (
-                    cached[f"{split}/images"],
-                    cached[f"{split}/labels"],
-                    unpack_masks(cached[f"{split}/masks"], size, size),
-                )
-                for split in ("train", "val", "test")
-            }
+            return cached
         splits = garment_splits(self.root, val_size=self.val_size, seed=self.seed, threshold=self.threshold)
         sizes = {"train": self.train_size, "val": None, "test": self.test_size}
         arrays = {}
@@ -274,24 +259,19 @@ class FashionMNISTDataModule(ClassificationDataModule):
             keep = _first(torch.arange(len(garments)), sizes[split], f"data.{split}_size", len(garments))
             images, masks = resize_grey(garments.images[keep], garments.masks[keep], self.image_size)
             arrays[split] = (images, garments.labels[keep].clone(), masks)
-        tensors = {}
-        for split, (images, labels, masks) in arrays.items():
-            tensors.update(
-                {f"{split}/images": images, f"{split}/labels": labels, f"{split}/masks": pack_masks(masks)}
-            )
-        save_cache(path, tensors)
+        save_splits(path, arrays)
         return arrays
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         arrays = self.build_splits()
-        mean, std = mean_std(arrays["train"][0])
-        self.mean = self.given_mean or (mean,) * 3
-        self.std = self.given_std or (std,) * 3
-        options = {"mean": self.mean, "std": self.std, "seed": self.augment_seed}
-        self.train_set = GreyMaskDataset(
-            *arrays["train"], augment=self.augment, padding=self.padding, **options
+        self.mean, self.std = normalisation(arrays["train"][0], self.given_mean, self.given_std)
+        self.train_set, self.val_set, self.test_set = split_datasets(
+            arrays,
+            mean=self.mean,
+            std=self.std,
+            seed=self.augment_seed,
+            augment=self.augment,
+            padding=self.padding,
         )
-        self.val_set = GreyMaskDataset(*arrays["val"], **options)
-        self.test_set = GreyMaskDataset(*arrays["test"], **options)

@@ -2,55 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from lficam.data.base import ClassificationDataModule
-from lficam.data.seeding import EpochSeededDataset
+from lficam.data.in_memory import MaskedImageDataset, Split, load_cache, save_cache
 from lficam.data.shapes import SHAPES, ShapesConfig, render
 from lficam.errors import UserError
 
 _CHUNK = 512  # images rendered at once: bounds memory at large image sizes
 
 
-class ShapesDataset(EpochSeededDataset):
-    """One split of the synthetic shapes, held in memory as uint8 and normalised per item.
-
-    With ``augment``, an image and its mask are flipped horizontally when hash(seed, "flip", epoch, index) is
-    odd: a function of the run's seed, the epoch and the image, not of a global random state, so a resumed
-    run sees the same images as an unbroken one.
-    """
-
-    stream = "flip"
-
-    def __init__(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        masks: Tensor,
-        *,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        augment: bool = False,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(seed=seed, augment=augment)
-        self.images, self.labels, self.masks = images, labels, masks
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        image = (self.images[index].float() / 255 - self.mean) / self.std
-        mask = self.masks[index]
-        if self.augment and self.draw(index) & 1:
-            image, mask = image.flip(-1), mask.flip(-1)
-        return {"image": image, "label": self.labels[index], "mask": mask, "index": torch.tensor(index)}
+#: One split of the synthetic shapes: 3×S×S uint8 images and masks in memory, flipped when augmented.
+ShapesDataset = MaskedImageDataset
 
 
 class ShapesDataModule(ClassificationDataModule):
@@ -104,24 +69,19 @@ class ShapesDataModule(ClassificationDataModule):
         key += f"-c{c.clutter}-z{c.noise}-seed{c.seed}-v1"
         return self.cache_dir / "shapes" / f"{key}.pt"
 
-    def render_split(self, split: str) -> tuple[Tensor, Tensor, Tensor]:
+    def render_split(self, split: str) -> Split:
         path = self._cache_path(split)
-        if path is not None and path.is_file():
-            cached = torch.load(path, weights_only=True)
+        cached = load_cache(path)
+        if cached is not None:
             return cached["images"], cached["labels"], cached["masks"]
         parts = [render(idx, split, self.config) for idx in torch.arange(self.sizes[split]).split(_CHUNK)]
         images, labels, masks = (torch.cat(p) for p in zip(*parts))
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # per-process name: DDP ranks share a seed, so a random suffix would collide
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"images": images, "labels": labels, "masks": masks}, tmp)
-            tmp.replace(path)  # atomic: concurrent ranks or sweep jobs never read half a file
+        save_cache(path, {"images": images, "labels": labels, "masks": masks})
         return images, labels, masks
 
-    def _dataset(self, split: str, augment: bool) -> ShapesDataset:
+    def _dataset(self, split: str, augment: bool) -> MaskedImageDataset:
         images, labels, masks = self.render_split(split)
-        return ShapesDataset(
+        return MaskedImageDataset(
             images, labels, masks, mean=self.mean, std=self.std, augment=augment, seed=self.shuffle_seed
         )
 
