@@ -268,30 +268,6 @@ def results_tables(title: str, results: dict[str, dict[str, float]], width: int 
     return tables
 
 
-def save_curves(path: Path, curves: dict[str, dict[str, Tensor]]) -> Path:
-    """Mean deletion and insertion curves of every method, one panel each."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for method, c in curves.items():
-        if not c:
-            continue
-        x = c["fractions"].cpu()
-        for ax, kind in zip(axes, ("deletion", "insertion")):
-            y = c[kind].float()
-            y = torch.where(y.isnan(), torch.zeros_like(y), y).sum(0) / (~c[kind].isnan()).sum(0).clamp_min(1)
-            ax.plot(x, y.cpu(), label=method)
-    for ax, kind in zip(axes, ("deletion (lower is better)", "insertion (higher is better)")):
-        ax.set_title(kind)
-        ax.set_xlabel("fraction of pixels")
-        ax.set_ylabel("probability of the class")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 # ----------------------------------------------------------------------------------------- the commands
 
 
@@ -299,7 +275,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """``python eval.py ckpt_path=…``: accuracy, then every metric for the own map and each CAM method."""
     from rich.console import Console
 
-    from lficam.viz import save_overlay_grid
+    from lficam.viz import save_deletion_insertion, save_overlay_grid
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -367,7 +343,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         f"# {cfg.ckpt_path}\n\nTest: {accuracy}\n\n{fam_line}{markdown_table(results)}"
     )
     if options["faithfulness"]:
-        save_curves(output_dir / "deletion_insertion.png", curves)
+        save_deletion_insertion(output_dir / "deletion_insertion.png", curves)
     shown = slice(0, min(8, report["num_images"]))
     denormalize = getattr(datamodule, "denormalize", lambda t: t)
     save_overlay_grid(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,9 @@ from lficam import cams
 from lficam.cams.fam import SimilarityGradCAM, describe_score, pooled_features, target_layer_name
 from lficam.cams.layers import resolve_target_layer
 from lficam.errors import UnknownNameError, UserError
-from lficam.maps import at_image_size, is_flat
+from lficam.maps import at_image_size
 from lficam.metrics._common import check_batch_size
-from lficam.metrics.faithfulness import default_pixels_per_step, gaussian_blur, pixel_ranks
+from lficam.metrics.faithfulness import gaussian_blur, switch_curve
 
 log = logging.getLogger("lficam")
 
@@ -108,14 +107,6 @@ def top_matches(queries: Tensor, gallery: Tensor) -> tuple[Tensor, Tensor]:
 # ------------------------------------------------------------------------------------- faithfulness
 
 
-def _step_counts(hw: int, pixels_per_step: int | None, height: int, width: int) -> Tensor:
-    n = default_pixels_per_step(height, width) if pixels_per_step is None else int(pixels_per_step)
-    if n < 1:
-        raise UserError(f"pixels_per_step must be a positive integer, got {pixels_per_step!r}.")
-    n = min(n, hw)
-    return (torch.arange(math.ceil(hw / n) + 1) * n).clamp(max=hw)
-
-
 def similarity_curve(
     model: nn.Module,
     images: Tensor,
@@ -141,23 +132,18 @@ def similarity_curve(
         raise UserError(
             f"Expected one match embedding per query ({images.shape[0]}), got {tuple(matches.shape)}."
         )
-    b, _, h, w = images.shape
-    counts = _step_counts(h * w, pixels_per_step, h, w).to(images.device)
-    points = counts.numel()
-    ranks = pixel_ranks(maps).unsqueeze(1)
-    start = images if kind == "deletion" else gaussian_blur(images)
     matches = matches.to(images.device).float()
-    scores = []
-    for pairs in torch.arange(b * points, device=images.device).split(batch_size):
-        i, s = pairs // points, pairs % points
-        switched = ranks[i] < counts[s].view(-1, 1, 1, 1)
-        end = torch.zeros((), dtype=images.dtype, device=images.device) if kind == "deletion" else images[i]
-        perturbed = torch.where(switched, end, start[i])
+    start = images if kind == "deletion" else gaussian_blur(images)
+    end = None if kind == "deletion" else images
+
+    def similarity(perturbed: Tensor, i: Tensor) -> Tensor:
         embedding = pooled_features(model, perturbed, target_layer, batch_size=batch_size)
-        scores.append(cosine_similarities(embedding, matches[i]).diagonal())
-    curve = torch.cat(scores).view(b, points)
-    curve[is_flat(maps)] = float("nan")
-    return counts.float().cpu() / (h * w), curve.cpu()
+        return cosine_similarities(embedding, matches[i]).diagonal()
+
+    fractions, curve = switch_curve(
+        images, maps, start, end, similarity, pixels_per_step=pixels_per_step, batch_size=batch_size
+    )
+    return fractions.cpu(), curve.cpu()
 
 
 def similarity_faithfulness(
@@ -240,6 +226,7 @@ def evaluate_retrieval(cfg: Any) -> dict[str, Any]:
     from lficam.data.base import first_items
     from lficam.loading import load
     from lficam.prototypes import data_split, training_data_config
+    from lficam.viz import save_deletion_insertion
 
     options = cfg.eval
     output_dir = Path(cfg.paths.output_dir)
@@ -318,7 +305,9 @@ def evaluate_retrieval(cfg: Any) -> dict[str, Any]:
             [_class_name(datamodule, int(gallery_labels[i])) for i in match_index[:shown]],
             getattr(datamodule, "denormalize", lambda t: t),
         )
-    save_similarity_curves(output_dir / "similarity_deletion_insertion.png", curves)
+    save_deletion_insertion(
+        output_dir / "similarity_deletion_insertion.png", curves, "cosine similarity to the top match"
+    )
 
     report = {
         "checkpoint": str(cfg.ckpt_path),
@@ -376,24 +365,6 @@ def save_query_matches(
         for i in range(queries.shape[0])
     ]
     return save_panel_rows(path, rows, "FAM: why the query and its top match look alike")
-
-
-def save_similarity_curves(path: Path, curves: dict[str, dict[str, Tensor]]) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for method, c in curves.items():
-        for ax, kind in zip(axes, ("deletion", "insertion")):
-            ax.plot(c["fractions"], c[kind].float().nanmean(dim=0), label=method)
-    for ax, kind in zip(axes, ("deletion (lower is better)", "insertion (higher is better)")):
-        ax.set_title(kind)
-        ax.set_xlabel("fraction of pixels")
-        ax.set_ylabel("cosine similarity to the top match")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def retrieval_markdown(report: dict[str, Any]) -> str:

@@ -93,3 +93,28 @@ def save_side_by_side(path: str | Path, image: Tensor, maps: dict[str, Tensor], 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def save_deletion_insertion(
+    path: str | Path, curves: dict[str, dict[str, Tensor]], score: str = "probability of the class"
+) -> Path:
+    """Each method's mean deletion and insertion curve (Petsiuk et al. 2018), one panel each.
+
+    ``curves[method]`` holds ``fractions`` (steps,) and ``deletion`` / ``insertion`` (images × steps) of the
+    ``score``; images whose curve is NaN at a step (no map) are left out of that step's mean.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for method, c in curves.items():
+        if not c:
+            continue
+        for ax, kind in zip(axes, ("deletion", "insertion")):
+            ax.plot(c["fractions"].cpu(), c[kind].float().nanmean(dim=0).nan_to_num(0.0).cpu(), label=method)
+    for ax, kind in zip(axes, ("deletion (lower is better)", "insertion (higher is better)")):
+        ax.set_title(kind)
+        ax.set_xlabel("fraction of pixels")
+        ax.set_ylabel(score)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -16,6 +16,7 @@ Common conventions (method.md §4.1):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,42 @@ def _step_counts(
     return (torch.arange(steps + 1, device=device) * n).clamp(max=hw)
 
 
+def switch_curve(
+    images: Tensor,
+    maps: Tensor,
+    start: Tensor,
+    end: Tensor | None,
+    score: Callable[[Tensor, Tensor], Tensor],
+    *,
+    pixels_per_step: int | None = None,
+    batch_size: int = 256,
+) -> tuple[Tensor, Tensor]:
+    """(fractions S+1, B×(S+1) scores) while the top-ranked pixels switch from ``start`` to ``end``.
+
+    Step s switches the pixels of rank < min(s·n, H·W) from ``start`` to ``end`` (0 when None): deletion is
+    (images → 0), insertion (blurred images → images). ``score(perturbed, i)`` scores a chunk of perturbed
+    images, ``i`` the index of each one's image: the probability of its class for a classifier, the
+    similarity to its match for an embedding network. The B·(S+1) perturbed images are built chunk by chunk
+    from (image index, step) pairs, so memory stays at one chunk whatever B and S are. A flat map ranks
+    nothing and gives NaN.
+    """
+    check_batch_size(batch_size)
+    maps = at_image_size(images, maps)
+    b, _, h, w = images.shape
+    counts = _step_counts(h * w, pixels_per_step, h, w, images.device)
+    n_points = counts.numel()
+    ranks = pixel_ranks(maps).unsqueeze(1)  # B×1×H×W
+    scores = []
+    for pairs in torch.arange(b * n_points, device=images.device).split(batch_size):
+        i, s = pairs // n_points, pairs % n_points
+        switched = ranks[i] < counts[s].view(-1, 1, 1, 1)
+        target = torch.zeros((), dtype=images.dtype, device=images.device) if end is None else end[i]
+        scores.append(score(torch.where(switched, target, start[i]), i))
+    curve = torch.cat(scores).view(b, n_points)
+    curve[is_flat(maps)] = float("nan")
+    return counts.float() / (h * w), curve
+
+
 def _switch_curve(
     model: Model,
     images: Tensor,
@@ -88,30 +125,24 @@ def _switch_curve(
     pixels_per_step: int | None,
     batch_size: int,
 ) -> tuple[Tensor, Tensor]:
-    """Probabilities of c while the top-ranked pixels switch from ``start`` to ``end`` (0 when None).
-
-    Step s switches the pixels of rank < min(s·n, H·W). The B·(S+1) perturbed images are built chunk by
-    chunk from (image index, step) pairs, so memory stays at one chunk whatever B and S are.
-    """
+    """:func:`switch_curve` of the probability of class c (``targets``, else the clean prediction)."""
     check_batch_size(batch_size)
-    maps = at_image_size(images, maps)
-    b, _, h, w = images.shape
-    counts = _step_counts(h * w, pixels_per_step, h, w, images.device)
-    n_points = counts.numel()
-    ranks = pixel_ranks(maps).unsqueeze(1)  # B×1×H×W
     with evaluating(model):
         classes, _ = clean_scores(model, images, targets, batch_size)
-        scores = []
-        for pairs in torch.arange(b * n_points, device=images.device).split(batch_size):
-            i, s = pairs // n_points, pairs % n_points
-            switched = ranks[i] < counts[s].view(-1, 1, 1, 1)
-            target = torch.zeros((), dtype=images.dtype, device=images.device) if end is None else end[i]
-            perturbed = torch.where(switched, target, start[i])
+
+        def class_probability(perturbed: Tensor, i: Tensor) -> Tensor:
             probs = torch.softmax(logits_of(model(perturbed)).float(), dim=1)
-            scores.append(probs.gather(1, classes[i, None]).squeeze(1))
-    curve = torch.cat(scores).view(b, n_points)
-    curve[is_flat(maps)] = float("nan")
-    return counts.float() / (h * w), curve
+            return probs.gather(1, classes[i, None]).squeeze(1)
+
+        return switch_curve(
+            images,
+            maps,
+            start,
+            end,
+            class_probability,
+            pixels_per_step=pixels_per_step,
+            batch_size=batch_size,
+        )
 
 
 def deletion_curve(
