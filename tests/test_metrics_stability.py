@@ -180,3 +180,14 @@ def test_randomisation_layers_of_project_models():
     ]
     with pytest.raises(UnknownNameError, match="layer"):
         model_randomisation(model, torch.rand(1, 3, 16, 16), layers=["nope"])
+
+
+def test_randomisation_reaches_densenets_final_batch_norm():
+    # DenseNet's final BN-ReLU is applied after the attention reweighting, between the last block and the
+    # head: a cascade that skipped it would leave a learned layer in place below the head.
+    model = create_model("cifar_densenet100", num_classes=3)
+    layers = randomisation_layers(model)
+    assert layers[:3] == ["fc", "fin", "backbone.post"]
+    assert layers[3:] == [f"backbone.stages.{i}" for i in reversed(range(len(model.backbone.stages)))] + [
+        "backbone.stem"
+    ]

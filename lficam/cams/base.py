@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from lficam.cams.layers import resolve_target_layer
 from lficam.errors import UserError
+from lficam.eval_mode import evaluating
 from lficam.maps import logits_of, minmax, target_classes, upsample
 
 
@@ -47,21 +48,6 @@ class Recording:
 def weighted_sum(weights: Tensor, activation: Tensor) -> Tensor:
     """Σ_k w_bk · A_bk: B×C weights and B×C×h×w activations → B×h×w."""
     return torch.einsum("bc,bchw->bhw", weights, activation)
-
-
-@contextmanager
-def isolated(model: nn.Module) -> Iterator[None]:
-    """Run a CAM computation without side effects on the model or the caller's autograd state."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        # no_grad outside: the layers before the target layer record no graph; the hook switches grad
-        # recording on where it is needed, and leaving this block restores the caller's mode.
-        with torch.inference_mode(False), torch.no_grad():
-            yield
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 @contextmanager
@@ -134,7 +120,7 @@ class CAMMethod(ABC):
     ) -> Tensor:
         _check_batch(x)
         self._check_inputs(inputs)
-        with isolated(self.model):
+        with evaluating(self.model, allow_grad=True):
             # A tensor made in inference mode cannot enter autograd; its copy made here can.
             images = x.detach().clone() if x.is_inference() else x.detach()
             maps = self.compute(images, targets, **inputs).float()

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lficam.cams.base import CAMMethod, _check_batch, _StopForward, isolated, record, weighted_sum
+from lficam.cams.base import CAMMethod, _check_batch, _StopForward, record, weighted_sum
 from lficam.cams.layers import find_classifier, resolve_target_layer
 from lficam.errors import UnknownNameError, UserError
+from lficam.eval_mode import evaluating
 from lficam.maps import minmax, upsample
 
 SIMILARITIES = ("cosine", "euclidean")
@@ -60,13 +61,13 @@ def pooled_features(
 ) -> Tensor:
     """e = GAP(A(x)): N×K float32 embeddings at the target layer, the forward stopped right after it.
 
-    Runs isolated like every CAM (eval mode, caller's flags and grad mode restored), in chunks of
+    Runs like every CAM (eval mode, caller's flags and grad mode restored), in chunks of
     ``batch_size``, on the images' device.
     """
     _check_batch(images)
     layer = resolve_target_layer(model, target_layer)
     parts = []
-    with isolated(model):
+    with evaluating(model, allow_grad=True):
         for chunk in images.split(batch_size):
             chunk = chunk.detach().clone() if chunk.is_inference() else chunk.detach()
             with record(layer, stop=True) as recording, suppress(_StopForward):
@@ -236,7 +237,7 @@ class FAM(_ReferenceCAM):
         _check_batch(x)
         if not isinstance(reference, Tensor):
             raise UserError(f"FAM's reference must be a tensor, got {type(reference).__name__}.")
-        with isolated(self.model):
+        with evaluating(self.model, allow_grad=True):
             images = x.detach().clone() if x.is_inference() else x.detach()
             activation = self.activations(images, logits=False).activation.float()
             e1 = activation.mean(dim=(2, 3))

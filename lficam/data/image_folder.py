@@ -31,7 +31,6 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -193,15 +192,6 @@ class ImageFileDataset(EpochSeededDataset):
     @property
     def random(self) -> bool:
         return self.augment
-
-    @contextmanager
-    def seeded(self, index: int, stream: str | None = None) -> Iterator[None]:
-        """The CPU generator seeded with :meth:`draw` inside, restored after. Only the CPU generator:
-        ``torch.manual_seed`` also queues a seed for every CUDA device and records a stack trace each time
-        (about 1 ms an image here), and torchvision's transforms draw from the CPU generator alone."""
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(self.draw(index, stream))
-            yield
 
     @property
     def has_masks(self) -> bool:

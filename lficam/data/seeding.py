@@ -133,8 +133,10 @@ class EpochSeededDataset(Dataset):
 
     @contextmanager
     def seeded(self, index: int, stream: str | None = None, *, epoch: int | None = None) -> Iterator[None]:
-        """The global CPU random state seeded with :meth:`draw` inside, restored after: for transforms
-        (torchvision's) that draw from the global state."""
+        """The global CPU generator seeded with :meth:`draw` inside, restored after: for transforms
+        (torchvision's) that draw from the global state. Only the CPU generator: ``torch.manual_seed`` also
+        queues a seed for every CUDA device and records a stack trace each time (about 1 ms an image on a
+        CPU), and those transforms draw from the CPU generator alone."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.draw(index, stream, epoch=epoch))
+            torch.default_generator.manual_seed(self.draw(index, stream, epoch=epoch))
             yield

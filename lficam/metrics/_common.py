@@ -7,14 +7,14 @@ Maps are B×H×W. Images are B×3×H×W in the model's (normalised) input space.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import Metric
 
 from lficam.errors import UserError
+from lficam.eval_mode import evaluating  # noqa: F401  (re-exported: the metrics call it from here)
 from lficam.maps import check_maps, logits_of, target_classes
 
 Model = Callable[[Tensor], object]
@@ -27,25 +27,6 @@ def check_pair(maps_a: Tensor, maps_b: Tensor, names: tuple[str, str] = ("maps",
             f"Expected {names[0]} and {names[1]} of the same shape B×H×W, got {tuple(maps_a.shape)} and "
             f"{tuple(maps_b.shape)}; upsample the maps to the images' size first."
         )
-
-
-@contextmanager
-def evaluating(model: Model) -> Iterator[None]:
-    """Eval mode and no autograd for the duration, then every module's own training flag restored.
-
-    Dropout and batch-norm statistics must not move while a metric probes the model, and the caller's
-    mode (training or not) must not change as a side effect.
-    """
-    modules = list(model.modules()) if isinstance(model, nn.Module) else []
-    flags = [m.training for m in modules]
-    try:
-        for m in modules:
-            m.training = False
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in zip(modules, flags):
-            m.training = flag
 
 
 def probabilities(model: Model, images: Tensor, batch_size: int) -> Tensor:

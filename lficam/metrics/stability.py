@@ -286,15 +286,19 @@ def randomisation_layers(model: nn.Module) -> list[str]:
     """Submodule names from the top of the network down, for the cascading randomisation.
 
     A model with ``backbone.stages`` (every model of this project): its head modules (all children except
-    the backbone, last registered first, e.g. ``fc`` then ``fin``), then ``backbone.stages.N-1`` … ``0`` and
-    ``backbone.stem``. Any other model: every module with parameters of its own, last registered first.
+    the backbone, last registered first, e.g. ``fc`` then ``fin``), then the backbone's ``post`` where it has
+    weights (DenseNet's final BN, which sits between the last stage and the head), ``backbone.stages.N-1`` …
+    ``0`` and ``backbone.stem``. Any other model: every module with parameters of its own, last registered
+    first.
     """
     backbone = getattr(model, "backbone", None)
     if backbone is not None and hasattr(backbone, "stages"):
         head = [n for n, m in model.named_children() if n != "backbone" and any(True for _ in m.parameters())]
         stages = [f"backbone.stages.{i}" for i in reversed(range(len(backbone.stages)))]
+        post = getattr(backbone, "post", None)
+        post = ["backbone.post"] if post is not None and any(True for _ in post.parameters()) else []
         stem = ["backbone.stem"] if hasattr(backbone, "stem") else []
-        return head[::-1] + stages + stem
+        return head[::-1] + post + stages + stem
     own = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
     return own[::-1]
 
