@@ -239,7 +239,9 @@ def _train_and_report(cfg: DictConfig) -> float | None:
     name = cfg.get("optimized_metric")
     if name:
         if name not in metrics:
-            raise SystemExit(f"optimized_metric {name!r} was not logged; choose one of {sorted(metrics)}.")
+            raise UserError(
+                f"optimized_metric {name!r} was not logged; set optimized_metric to one of {sorted(metrics)}."
+            )
         return metrics[name]
     return None
 

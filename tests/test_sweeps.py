@@ -208,12 +208,14 @@ def test_a_crash_outside_a_sweep_keeps_its_traceback(tmp_path, monkeypatch):
         run_task(compose_train(tmp_path, *TINY))
 
 
-def test_optimized_metric_that_was_not_logged_is_a_clear_error(tmp_path, monkeypatch):
+def test_optimized_metric_that_was_not_logged_is_a_clear_error(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(lficam.train, "train", lambda cfg: {"val/acc": 0.5, "val/loss": 1.0})
     cfg = compose_train(tmp_path, *TINY, "optimized_metric=val/accuracy")
-    with pytest.raises(SystemExit) as exit_:
+    with caplog.at_level("ERROR", logger="lficam"), pytest.raises(SystemExit) as exit_:
         run_task(cfg)
-    assert str(exit_.value.code) == (
-        "optimized_metric 'val/accuracy' was not logged; choose one of ['val/acc', 'val/loss']."
+    assert exit_.value.code == 2  # a user's mistake, like every other bad value, not a crash (1)
+    assert (
+        "optimized_metric 'val/accuracy' was not logged; set optimized_metric to one of ['val/acc', 'val/loss']."
+        in caplog.text
     )
     assert run_task(compose_train(tmp_path, *TINY, "optimized_metric=val/acc")) == 0.5
