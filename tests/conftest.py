@@ -66,6 +66,49 @@ def tiny_cfg(tmp_path: Path) -> DictConfig:
     return compose_train(TINY, tmp_path)
 
 
+#: The small LFI-CAM model the checkpoint fixtures train.
+SMALL_MODEL = {"backbone": "cifar_resnet20", "num_classes": 3, "attention": "lficam"}
+
+
+def quiet_trainer(**options):
+    """A Lightning Trainer on the CPU that writes and prints nothing of its own: no logger, checkpoints,
+    progress bar, model summary or sanity check. ``options`` override or add Trainer arguments."""
+    import lightning.pytorch as pl
+
+    defaults = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }
+    return pl.Trainer(**{**defaults, **options})
+
+
+def one_step_checkpoint(folder: Path, model_config: dict = SMALL_MODEL) -> Path:
+    """A checkpoint saved by a Lightning Trainer after one SGD step on 16 px noise, as train.py writes them."""
+    import functools
+
+    import lficam
+    from lficam.module import LitClassifier
+
+    torch.manual_seed(0)
+    module = LitClassifier(
+        lficam.create_model(**model_config),
+        functools.partial(torch.optim.SGD, lr=0.1),
+        num_classes=model_config["num_classes"],
+        model_config=model_config,
+    )
+    classes = model_config["num_classes"]
+    batches = [{"image": torch.randn(3, 16, 16), "label": torch.tensor(i % classes)} for i in range(4)]
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=4))
+    path = folder / "model.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["WANDB_MODE"] = "offline"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -14,6 +13,7 @@ from lficam.data import ShapesDataModule
 from lficam.maps import upsample
 from lficam.models import count_parameters
 from lficam.module import LitClassifier
+from tests.conftest import quiet_trainer
 
 
 def module(image_size: int | None = 16) -> LitClassifier:
@@ -54,17 +54,8 @@ def fitted(tmp_path_factory):
     )
     overlays = AttentionOverlays(str(folder), num_images=6, log_to_loggers=False)
     lit = module()
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        callbacks=[overlays],
-        default_root_dir=folder,
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=1, callbacks=[overlays], default_root_dir=folder
     )
     trainer.fit(lit, datamodule=data)
     assert (folder / "final.png").is_file()

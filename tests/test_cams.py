@@ -15,6 +15,7 @@ from torch import nn
 import lficam
 from lficam import cams
 from lficam.errors import UnknownNameError, UserError
+from tests.conftest import quiet_trainer
 
 ALL = ["abscam", "cam", "eigencam", "fam", "gradcam", "gradcampp", "layercam", "scorecam"]
 
@@ -347,13 +348,7 @@ class _ValidatesWithGradCAM(pl.LightningModule):
 def test_works_in_a_lightning_validation_step() -> None:
     module = _ValidatesWithGradCAM()
     data = torch.utils.data.TensorDataset(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer()
     trainer.validate(module, torch.utils.data.DataLoader(data, batch_size=4))
     maps = torch.cat(module.maps)
     expected = cams.create("gradcam", module.net)(data.tensors[0], data.tensors[1])

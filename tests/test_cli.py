@@ -8,7 +8,6 @@ a file (``<file>/sub``).
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 import subprocess
@@ -22,15 +21,13 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
-import lficam
 from lficam import cli, explain
 from lficam.errors import UserError
 from lficam.export import export
-from lficam.module import LitClassifier
 from lficam.train import quiet_known_warnings, run_task
-from tests.conftest import ROOT, compose_train, subprocess_env
+from tests.conftest import ROOT, SMALL_MODEL, compose_train, one_step_checkpoint, subprocess_env
 
-MODEL_CONFIG = {"backbone": "cifar_resnet20", "num_classes": 3, "attention": "lficam"}
+MODEL_CONFIG = SMALL_MODEL
 # a run of two short epochs on 16 px images: seconds on a CPU
 SHORT = [
     "data.image_size=16",
@@ -52,27 +49,8 @@ SHORT = [
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    module = LitClassifier(
-        lficam.create_model(**MODEL_CONFIG),
-        functools.partial(torch.optim.SGD, lr=0.1),
-        num_classes=3,
-        model_config=MODEL_CONFIG,
-    )
-    trainer = pl.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    batches = [{"image": torch.randn(3, 16, 16), "label": torch.tensor(i % 3)} for i in range(4)]
-    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=4))
-    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    """A checkpoint saved by a Lightning Trainer after one training step, as python train.py writes them."""
+    return one_step_checkpoint(tmp_path_factory.mktemp("ckpt"), MODEL_CONFIG)
 
 
 @pytest.fixture

@@ -2,50 +2,27 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import lficam
 from lficam import explain
-from lficam.module import LitClassifier
+from tests.conftest import SMALL_MODEL, one_step_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_CONFIG = {"backbone": "cifar_resnet20", "num_classes": 3, "attention": "lficam"}
+MODEL_CONFIG = SMALL_MODEL
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint saved by a Lightning Trainer after one training step, as python train.py writes them."""
-    torch.manual_seed(0)
-    module = LitClassifier(
-        lficam.create_model(**MODEL_CONFIG),
-        functools.partial(torch.optim.SGD, lr=0.1),
-        num_classes=3,
-        model_config=MODEL_CONFIG,
-    )
-    batches = [{"image": torch.randn(3, 16, 16), "label": torch.tensor(i % 3)} for i in range(4)]
-    trainer = pl.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=4))
-    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return one_step_checkpoint(tmp_path_factory.mktemp("ckpt"), MODEL_CONFIG)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 from functools import partial
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -14,6 +13,7 @@ import lficam
 from lficam.data import ShapesDataModule
 from lficam.export import export, main
 from lficam.module import LitClassifier
+from tests.conftest import quiet_trainer
 
 CONFIG = {"backbone": "cifar_resnet20", "num_classes": 5, "attention": "lficam", "block": "auto"}
 SIZE = 24  # not a power of two: the ONNX graph must not bake in the training size of the maps
@@ -29,16 +29,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     module = LitClassifier(
         lficam.create_model(**CONFIG), partial(torch.optim.SGD, lr=0.1), num_classes=5, model_config=CONFIG
     )
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=1)
     trainer.fit(module, datamodule=data)
     path = tmp_path_factory.mktemp("export") / "last.ckpt"
     trainer.save_checkpoint(path)

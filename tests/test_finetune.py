@@ -19,7 +19,7 @@ from lficam.data import ShapesDataModule
 from lficam.finetune import FreezeBackbone, parameter_groups
 from lficam.module import LitClassifier
 from lficam.train import build_module, train
-from tests.conftest import TINY, compose_train
+from tests.conftest import TINY, compose_train, quiet_trainer
 
 
 @pytest.fixture(autouse=True)
@@ -96,16 +96,8 @@ def test_a_frozen_backbone_keeps_weights_and_batchnorm_statistics_then_trains(tm
         input_stability=[],
     )
     snapshots = Snapshots()
-    trainer = pl.Trainer(
-        max_epochs=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        callbacks=[FreezeBackbone(epochs=1), snapshots],
+    trainer = quiet_trainer(
+        max_epochs=2, limit_val_batches=1, callbacks=[FreezeBackbone(epochs=1), snapshots]
     )
     trainer.fit(module, datamodule=data)
     start, after_frozen, after_free = snapshots.backbone

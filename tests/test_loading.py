@@ -8,7 +8,6 @@ import re
 from functools import partial
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -19,6 +18,7 @@ from lficam.errors import UserError
 from lficam.export import export
 from lficam.loading import check_compatible, model_config_of_checkpoint, network_state_dict, read_checkpoint
 from lficam.module import LitClassifier
+from tests.conftest import quiet_trainer
 
 CONFIG = {"backbone": "cifar_resnet20", "num_classes": 4, "attention": "lficam", "block": "auto"}
 
@@ -36,17 +36,7 @@ def write_checkpoint(path: Path, model_config: dict | None = None) -> LitClassif
         num_classes=4,
         model_config=OmegaConf.create(config),
     )  # Hydra hands a DictConfig
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1)
     trainer.fit(module, datamodule=data)
     trainer.save_checkpoint(path)
     return module

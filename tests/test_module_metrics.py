@@ -15,6 +15,7 @@ from lficam.maps import upsample as upsample_maps
 from lficam.metrics import energy_pointing_game, mask_iou
 from lficam.models import create_model
 from lficam.module import LitClassifier
+from tests.conftest import quiet_trainer
 
 
 class MaskedImages(Dataset):
@@ -68,16 +69,8 @@ def fit(
     """Trains on 1 batch per epoch, validates on 2 batches of 6; returns what was logged after each epoch."""
     val = DataLoader(MaskedImages(12, seed=1), batch_size=6, shuffle=shuffle_val)
     record = EveryEpoch()
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_train_batches=1,
-        num_sanity_val_steps=1,
-        callbacks=[record],
+    trainer = quiet_trainer(
+        max_epochs=epochs, limit_train_batches=1, num_sanity_val_steps=1, callbacks=[record]
     )
     trainer.fit(module, DataLoader(MaskedImages(16, seed=0), batch_size=8), val)
     return record.logged, val
