@@ -138,6 +138,16 @@ def test_cifar100_python_batch(content: bytes) -> None:
     check_reader(_cifar_python(CIFAR100DataModule), content, "train")
 
 
+def test_an_unpickler_message_of_two_lines_becomes_one_sentence(tmp_path: Path) -> None:
+    # Found by the long fuzz budget (LFICAM_FUZZ_EXAMPLES=1500): a PERSID opcode makes CPython's unpickler
+    # say "A load persistent id instruction was encountered,\nbut no persistent_load function ...".
+    persistent_id = b"\x80\x02Pfoo\n."
+    check_reader(_cifar_python(CIFAR100DataModule), persistent_id, "train")
+    (tmp_path / "train").write_bytes(persistent_id)
+    with pytest.raises(UserError, match="persistent id instruction was encountered, but no persistent_load"):
+        _cifar_python(CIFAR100DataModule)(tmp_path / "train")
+
+
 @fuzz_settings(default=50)
 @given(content=file_bytes(CIFAR_META))
 def test_cifar_python_class_names(content: bytes) -> None:

@@ -58,7 +58,9 @@ def read_pickle(path: Path, *, max_bytes: int = MAX_BYTES) -> Any:
     except (PickleRefused, MemoryError):
         raise
     except Exception as error:  # the unpickler and pickletools raise many types for foreign bytes
-        raise PickleRefused(f"{type(error).__name__}: {str(error)[:120]}") from None
+        # one line: some of CPython's unpickler messages span two ("... was encountered,\nbut no ...")
+        reason = " ".join(str(error).split())[:120]
+        raise PickleRefused(f"{type(error).__name__}: {reason}") from None
 
 
 _OPCODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
