@@ -33,7 +33,7 @@ from lficam.cams.layers import resolve_target_layer
 from lficam.errors import UnknownNameError, UserError
 from lficam.maps import at_image_size
 from lficam.metrics._common import check_batch_size
-from lficam.metrics.faithfulness import gaussian_blur, switch_curve
+from lficam.metrics.faithfulness import default_pixels_per_step, gaussian_blur, switch_curve
 
 log = logging.getLogger("lficam")
 
@@ -224,6 +224,7 @@ def evaluate_retrieval(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from lficam.data.base import first_items
+    from lficam.evaluate import protocol_options
     from lficam.loading import load
     from lficam.prototypes import data_split, training_data_config
     from lficam.viz import save_deletion_insertion
@@ -261,8 +262,13 @@ def evaluate_retrieval(cfg: Any) -> dict[str, Any]:
     gallery, gallery_labels = embed_dataset(model, gallery_set, layer, batch_size=batch_size, device=device)
     recall = recall_at_k(queries, query_labels, gallery, gallery_labels, (1, 5))
 
-    batch = first_items(queries_set, int(options.num_images))
+    # the same protocol as classification's eval (conf/eval.yaml): its images and deletion/insertion steps
+    protocol = protocol_options(options, cfg.get("protocols"))
+    batch = first_items(queries_set, int(protocol["num_images"]))
     images = batch["image"].to(device)
+    pixels_per_step = options.get("pixels_per_step") or default_pixels_per_step(
+        images.shape[-2], images.shape[-1], protocol["curve_steps"]
+    )
     match_index, match_score = top_matches(queries[: images.shape[0]], gallery)
     matches = gallery[match_index].to(device)
     fam = cams.create("fam", model, layer, similarity=similarity)
@@ -282,7 +288,7 @@ def evaluate_retrieval(cfg: Any) -> dict[str, Any]:
             matches,
             maps,
             layer,
-            pixels_per_step=options.get("pixels_per_step"),
+            pixels_per_step=pixels_per_step,
             batch_size=batch_size,
         )
         faithfulness[name] = {
@@ -317,6 +323,12 @@ def evaluate_retrieval(cfg: Any) -> dict[str, Any]:
         "gallery": gallery_description,
         "recall@1": recall[1],
         "recall@5": recall[5],
+        "protocol": {
+            "protocol": protocol["protocol"],
+            "num_images": int(protocol["num_images"]),
+            "curve_steps": int(protocol["curve_steps"]),
+            "pixels_per_step": int(pixels_per_step),
+        },
         "faithfulness_images": int(images.shape[0]),
         "faithfulness_score": "cosine similarity of the perturbed query to its top match",
         "fam_similarity": similarity,

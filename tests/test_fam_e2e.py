@@ -260,9 +260,17 @@ def test_eval_scores_fam_like_every_cam_and_names_its_reference(
 def test_eval_as_retrieval(trained: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
     base, ckpt = trained
     out = base / "eval_retrieval"
-    args = [f"ckpt_path={ckpt}", "eval.task=retrieval", "eval.num_images=4", "eval.retrieval_pictures=2"]
-    stdout = run_eval([*args, "eval.pixels_per_step=128"], base, out, capsys)
+    # eval's defaults (the quick protocol: 32 images, 16 deletion/insertion steps), as a user types it
+    args = [f"ckpt_path={ckpt}", "eval.task=retrieval", "eval.retrieval_pictures=2"]
+    stdout = run_eval(args, base, out, capsys)
     report = json.loads((out / "retrieval.json").read_text())
+    assert report["protocol"] == {
+        "protocol": "quick",
+        "num_images": 32,
+        "curve_steps": 16,
+        "pixels_per_step": 64,
+    }
+    assert report["faithfulness_images"] == 32
 
     # recall@k recomputed here: every test image against every training image, by cosine similarity.
     net, _ = explain.load_checkpoint(ckpt)
