@@ -124,7 +124,9 @@ def sentence(
     ma, mb = mean_std(a, digits, mean, std), mean_std(b, digits, mean, std)
     if verdict == "missing":
         return verdict, f"{name_a} and {name_b} cannot be compared in {what}: a value is missing."
-    diff = f"{d['diff']:+.{digits}f}"
+    # a difference that rounds to zero prints as +0.000, not -0.000
+    shown = 0.0 if abs(d["diff"]) < 0.5 * 10**-digits else d["diff"]
+    diff = f"{shown:+.{digits}f}"
     if verdict == "unknown":
         return verdict, (
             f"{name_a} ({ma}) and {name_b} ({mb}) differ by {diff} in {what}; with one run each the "
@@ -158,7 +160,7 @@ def accuracy_claim(name: str, ds: dict[str, Any]) -> list[str]:
             "better": "agrees with the paper's claim on this data set",
             "inside": 'consistent with "at least as accurate", but shows no gain',
             "worse": "disagrees with the paper's claim on this data set",
-            "unknown": "too few runs to judge the claim",
+            "unknown": "leaves too few runs to judge the claim",
             "missing": "cannot judge the claim",
         }[verdict]
         lines.append(f"- {name}: {text} This {meaning}.")
