@@ -212,10 +212,15 @@ def quiet_known_warnings() -> None:
 
 
 class _NoTips(logging.Filter):
-    """Drops Lightning's "💡 Tip: … try installing litlogger / litmodels" lines."""
+    """Drops Lightning's "💡 Tip: … try installing litlogger / litmodels" lines, and its note that the Trainer
+    already has a model summary callback: ours (RichNetworkSummary) is the summary the user asked for."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).lstrip().startswith("💡 Tip:")
+        message = str(record.msg).lstrip()
+        return not (
+            message.startswith("💡 Tip:")
+            or message.startswith("Trainer already configured with model summary callbacks")
+        )
 
 
 def run_task(cfg: DictConfig) -> float | None:

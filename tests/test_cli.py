@@ -22,6 +22,7 @@ from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
 from lficam import cli, explain
+from lficam.callbacks import RichNetworkSummary
 from lficam.errors import UserError
 from lficam.export import export
 from lficam.train import quiet_known_warnings, run_task
@@ -307,8 +308,13 @@ def test_lightning_tips_are_silenced():
     try:
         quiet_known_warnings()
         pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        # train.py's own summary callback: Lightning's "already configured" note is not for users either
+        pl.Trainer(
+            accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[RichNetworkSummary()]
+        )
     finally:
         for name, handler in handlers.items():
             logging.getLogger(name).removeHandler(handler)
     assert records, "the Trainer logs its device lines through these loggers"
     assert not [r for r in records if "Tip" in r or "litlogger" in r or "litmodels" in r], records
+    assert not [r for r in records if "already configured with model summary" in r], records
