@@ -31,8 +31,6 @@ from lficam import cams
 from lficam.cams.fam import SimilarityGradCAM, describe_score, pooled_features, target_layer_name
 from lficam.cams.layers import resolve_target_layer
 from lficam.errors import UnknownNameError, UserError
-from lficam.maps import at_image_size
-from lficam.metrics._common import check_batch_size
 from lficam.metrics.faithfulness import default_pixels_per_step, gaussian_blur, switch_curve
 
 log = logging.getLogger("lficam")
@@ -126,8 +124,6 @@ def similarity_curve(
     """
     if kind not in ("deletion", "insertion"):
         raise UnknownNameError("similarity curve", kind, ("deletion", "insertion"))
-    check_batch_size(batch_size)
-    maps = at_image_size(images, maps)
     if matches.ndim != 2 or matches.shape[0] != images.shape[0]:
         raise UserError(
             f"Expected one match embedding per query ({images.shape[0]}), got {tuple(matches.shape)}."

@@ -14,7 +14,6 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lficam.errors import UserError
-from lficam.eval_mode import evaluating  # noqa: F401  (re-exported: the metrics call it from here)
 from lficam.maps import check_maps, logits_of, target_classes
 
 Model = Callable[[Tensor], object]

@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lficam.errors import UserError
+from lficam.eval_mode import evaluating
 from lficam.maps import at_image_size, is_flat, logits_of, minmax
 from lficam.metrics._common import (
     Model,
     PerImageMean,
     check_batch_size,
     clean_scores,
-    evaluating,
     probabilities,
 )
 

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lficam.errors import UserError
+from lficam.eval_mode import evaluating
 from lficam.maps import at_image_size, is_flat, logits_of
-from lficam.metrics._common import Model, PerImageMeans, check_batch_size, clean_scores, evaluating
+from lficam.metrics._common import Model, PerImageMeans, check_batch_size, clean_scores
 from lficam.metrics.faithfulness import pixel_ranks
 
 ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lficam.errors import UnknownNameError, UserError
+from lficam.eval_mode import evaluating
 from lficam.maps import at_image_size, is_flat
 from lficam.metrics._common import (
     Model,
@@ -22,7 +23,6 @@ from lficam.metrics._common import (
     PerImageMeans,
     check_batch_size,
     check_pair,
-    evaluating,
 )
 from lficam.metrics.localisation import binarise, iou
 
