@@ -150,6 +150,21 @@ def test_stability_settings_are_five_coupled_settings() -> None:
     assert varied == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
 
 
+def test_adamw_stability_settings_scale_the_rate_with_the_root_of_the_batch() -> None:
+    """a1–a5, the CPU study's settings of its AdamW recipe (lr 2e-3, batch 64): the same four dimensions, with
+    lr ∝ √batch where the batch changes (Adam's usual scaling)."""
+    settings = {p.stem: OmegaConf.load(p) for p in sorted((CONF / "setting").glob("a*.yaml"))}
+    assert list(settings) == ["a1", "a2", "a3", "a4", "a5"]
+    assert [s.seed for s in settings.values()] == [0, 1, 2, 3, 4]
+    varied = set()
+    for s in settings.values():
+        lr = s.get("optimizer", {}).get("lr", 2e-3)
+        batch = s.get("data", {}).get("batch_size", 64)
+        assert lr / batch**0.5 == pytest.approx(2e-3 / 64**0.5, rel=0.02) or batch == 64
+        varied |= {f"{group}.{key}" for group in ("optimizer", "data") for key in s.get(group, {})}
+    assert varied == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
+
+
 @pytest.mark.parametrize("name", sorted(STABILITY))
 def test_stability_sweep_expands_to_ten_runs(name: str, tmp_path: Path) -> None:
     GlobalHydra.instance().clear()

@@ -26,7 +26,7 @@ TINY = [
     "study=quick",
     "study.launcher=inprocess",
     "study.seeds=[0,1]",
-    "study.settings=[s1,s2]",
+    "study.settings=[a1,a2]",
     "study.eval.cams=[gradcam]",
     "study.eval.images=16",
     "study.eval.faithfulness_images=8",
@@ -54,7 +54,7 @@ def compose_study(overrides: list[str], tmp_path: Path | None = None):
 
 
 def test_full_study_plans_the_budgeted_runs() -> None:
-    """Per data set: 4 models × 3 seeds, plus LFI-CAM and ABN under 4 more settings (s1 seed 0 is shared)."""
+    """Per data set: 4 models × 3 seeds, plus LFI-CAM and ABN under 4 more settings (a1 seed 0 is shared)."""
     study = compose_study([]).study
     runs = plan_runs(study)
     assert len(runs) == 60
@@ -64,21 +64,22 @@ def test_full_study_plans_the_budgeted_runs() -> None:
         assert sum(r.accuracy for r in mine) == 12
         assert sum(r.stability for r in mine) == 10
         shared = [r.name for r in mine if r.accuracy and r.stability]
-        assert shared == [f"{dataset}/lficam/s1_seed0", f"{dataset}/abn/s1_seed0"]
-    s3 = next(r for r in runs if r.name == "shapes/abn/s3_seed2")
-    assert s3.overrides[-1] == "+setting=s3"  # its seed comes from the setting file
-    assert "attention=abn" in s3.overrides and "experiment=study_cpu" in s3.overrides
-    seed1 = next(r for r in runs if r.name == "shapes/plain/s1_seed1")
-    assert seed1.overrides[-2:] == ("+setting=s1", "seed=1")
+        assert shared == [f"{dataset}/lficam/a1_seed0", f"{dataset}/abn/a1_seed0"]
+    a3 = next(r for r in runs if r.name == "shapes/abn/a3_seed2")
+    assert a3.overrides[-1] == "+setting=a3"  # its seed comes from the setting file
+    assert "attention=abn" in a3.overrides and "experiment=study_cpu" in a3.overrides
+    seed1 = next(r for r in runs if r.name == "shapes/plain/a1_seed1")
+    assert seed1.overrides[-2:] == ("+setting=a1", "seed=1")
 
 
 def test_the_study_base_recipe_with_a_setting_is_the_settings_values(tmp_path: Path) -> None:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         base = compose("train", overrides=["experiment=study_cpu", f"paths.root_dir={tmp_path}"])
-        s5 = compose("train", overrides=["experiment=study_cpu", "+setting=s5", f"paths.root_dir={tmp_path}"])
-    assert (base.optimizer.lr, base.data.batch_size, base.optimizer.weight_decay) == (0.1, 128, 1e-4)
-    assert (s5.optimizer.lr, s5.data.batch_size, s5.seed) == (0.2, 256, 4)
+        a5 = compose("train", overrides=["experiment=study_cpu", "+setting=a5", f"paths.root_dir={tmp_path}"])
+    assert base.optimizer._target_ == "torch.optim.AdamW" and "momentum" not in base.optimizer
+    assert (base.optimizer.lr, base.data.batch_size, base.optimizer.weight_decay) == (2e-3, 64, 1e-4)
+    assert (a5.optimizer.lr, a5.data.batch_size, a5.seed) == (2.8e-3, 128, 4)
     assert base.trainer.precision == "32-true"
 
 
@@ -188,7 +189,7 @@ def test_tiny_study_end_to_end_and_resumed(tmp_path: Path, capsys) -> None:
 
     # attention table: means over the seeds of the runs' own metrics.json
     pg = [
-        json.loads((runs_dir / f"shapes/lficam/s1_seed{k}" / "metrics.json").read_text())["maps"]["own"][
+        json.loads((runs_dir / f"shapes/lficam/a1_seed{k}" / "metrics.json").read_text())["maps"]["own"][
             "pointing_game"
         ]
         for k in (0, 1)
@@ -203,12 +204,12 @@ def test_tiny_study_end_to_end_and_resumed(tmp_path: Path, capsys) -> None:
         "plain/gradcam",
     }
 
-    # cross-run stability: a run against itself is 1 (the s1 run is the seed-0 run), the matrix is symmetric
+    # cross-run stability: a run against itself is 1 (the a1 run is the seed-0 run), the matrix is symmetric
     stability = ds["stability"]
     labels, iou = stability["labels"], torch.tensor(stability["iou_matrix"], dtype=torch.float64)
     rho = torch.tensor(stability["spearman_matrix"], dtype=torch.float64)
     assert torch.equal(iou, iou.T) and torch.equal(rho, rho.T)
-    same = (labels.index("lficam s1"), labels.index("lficam seed0 own"))
+    same = (labels.index("lficam a1"), labels.index("lficam seed0 own"))
     assert iou[same] == pytest.approx(1.0) and rho[same] == pytest.approx(1.0)
     assert torch.diagonal(iou)[~torch.diagonal(iou).isnan()].tolist() == pytest.approx([1.0] * len(labels))
     # ... and the paper's protocol agrees with eval.py stability.runs= on the same checkpoints
@@ -216,7 +217,7 @@ def test_tiny_study_end_to_end_and_resumed(tmp_path: Path, capsys) -> None:
     checkpoints = [
         str(Path(json.loads((runs_dir / f"shapes/{m}/{s}" / "metrics.json").read_text())["checkpoint"]))
         for m in ("lficam", "abn")
-        for s in ("s1_seed0", "s2_seed1")
+        for s in ("a1_seed0", "a2_seed1")
     ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         eval_cfg = compose(
@@ -260,7 +261,7 @@ def test_tiny_study_end_to_end_and_resumed(tmp_path: Path, capsys) -> None:
 def test_subprocess_launcher_runs_train_py(tmp_path: Path) -> None:
     """The default launcher: one `python train.py` per run, the run folder of any train.py run."""
     study = compose_study(TINY, tmp_path).study
-    run = next(r for r in plan_runs(study) if r.name == "shapes/plain/s1_seed0")
+    run = next(r for r in plan_runs(study) if r.name == "shapes/plain/a1_seed0")
     folder = tmp_path / "run"
     record = launch.train_run(run, folder, "subprocess")
     assert record["status"] == "done", (folder / "train.out").read_text()[-2000:]
@@ -269,3 +270,25 @@ def test_subprocess_launcher_runs_train_py(tmp_path: Path) -> None:
     saved = OmegaConf.load(folder / ".hydra" / "config.yaml")
     assert (saved.seed, saved.attention.name, saved.data.image_size) == (0, "none", 16)
     assert 0 <= json.loads((folder / "summary.json").read_text())["metrics"]["test/acc"] <= 1
+
+
+def test_step_time_steps_with_the_runs_own_optimiser() -> None:
+    """The light FIN's step-time ratio is measured with the optimiser the runs trained with (AdamW here), with
+    the backbone's learning-rate scale applied as training applies it."""
+    from lficam import create_model
+    from lficam.study.steptime import _optimizer, measure_step_times
+
+    net = create_model(backbone="cifar_resnet20", attention="lficam", num_classes=10)
+    config = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 2e-3, "weight_decay": 1e-4}
+    optimizer = _optimizer(net, {**config, "backbone_lr_scale": 0.5})
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert sorted(g["lr"] for g in optimizer.param_groups) == pytest.approx([1e-3, 2e-3])
+    assert isinstance(_optimizer(net, None), torch.optim.SGD)
+    result = measure_step_times(
+        {"lficam": {"backbone": "cifar_resnet20", "attention": "lficam", "num_classes": 10}},
+        16,
+        2,
+        rounds=1,
+        optimizer={**config, "backbone_lr_scale": 1.0},
+    )
+    assert result["optimizer"] == "torch.optim.AdamW" and result["seconds_per_step"]["lficam"] > 0

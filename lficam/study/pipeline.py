@@ -141,7 +141,9 @@ def step_times(study: Any, runs: list[Run], runs_dir: Path, records: dict[str, A
             m: read_checkpoint(A.best_checkpoint(runs_dir / r.name))["hyper_parameters"]["model_config"]
             for m, r in first.items()
         }
-        precision = str(OmegaConf.load(any_run / ".hydra" / "config.yaml").trainer.precision)
+        run_config = OmegaConf.load(any_run / ".hydra" / "config.yaml")
+        precision = str(run_config.trainer.precision)
+        optimizer = OmegaConf.to_container(run_config.optimizer, resolve=True)
         size = int(
             data.get("image_size")
             or A.load_test_images(A.best_checkpoint(any_run), 1, torch.device("cpu")).images.shape[-1]
@@ -151,6 +153,7 @@ def step_times(study: Any, runs: list[Run], runs_dir: Path, records: dict[str, A
             "image_size": size,
             "batch_size": int(data["batch_size"]),
             "precision": precision,
+            "optimizer": optimizer,
             "rounds": rounds,
         }
         path = runs_dir / dataset / "step_time.json"
@@ -166,6 +169,7 @@ def step_times(study: Any, runs: list[Run], runs_dir: Path, records: dict[str, A
             precision=precision,
             rounds=rounds,
             device=str(_device(study)),
+            optimizer=optimizer,
         )
         write_json(path, {"key": key, "result": result})
         out[dataset] = result

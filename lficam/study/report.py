@@ -576,7 +576,7 @@ def render(results: dict[str, Any]) -> str:
         out += light_claim(name, ds)
     out += [
         "",
-        "Training-step times (forward, backward, SGD update) as measured:",
+        "Training-step times (forward, backward and the runs' own optimiser's update) as measured:",
         "",
         *step_table(results),
         "",
