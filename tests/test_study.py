@@ -158,6 +158,22 @@ def test_verdicts_follow_the_difference_and_its_spread() -> None:
     assert "outside the seed spread (±0.050)" in text
 
 
+def test_the_accuracy_claim_is_a_sentence_per_rival() -> None:
+    from lficam.study.report import accuracy_claim
+
+    ds = {
+        "accuracy": {
+            "lficam": {"mean": 0.80, "std": 0.03},
+            "plain": {"mean": 0.76, "std": 0.04},
+            "abn": {"mean": 0.70, "std": 0.01},
+        }
+    }
+    inside, better = accuracy_claim("shapes", ds)
+    assert inside.startswith("- shapes: LFI-CAM (0.800 ± 0.030) and plain")
+    assert inside.endswith('This is consistent with "at least as accurate", but shows no gain.')
+    assert better.endswith("This agrees with the paper's claim on this data set.")
+
+
 # --- the pipeline at a tiny scale ------------------------------------------------------------------------------
 
 

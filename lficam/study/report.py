@@ -158,7 +158,7 @@ def accuracy_claim(name: str, ds: dict[str, Any]) -> list[str]:
         )
         meaning = {
             "better": "agrees with the paper's claim on this data set",
-            "inside": 'consistent with "at least as accurate", but shows no gain',
+            "inside": 'is consistent with "at least as accurate", but shows no gain',
             "worse": "disagrees with the paper's claim on this data set",
             "unknown": "leaves too few runs to judge the claim",
             "missing": "cannot judge the claim",
