@@ -112,13 +112,24 @@ class RunFolderLock(Callback):
     A refused run prints its one sentence and exits with code 2 without touching the folder.
     """
 
+    def __init__(self) -> None:
+        self._run_dir: str | None = None
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._run_dir = str(config.hydra.run.dir)
+        from lficam.sweeps import hydra_config_of
+
+        # Hydra sets HydraConfig only in run_job, after this; the default folder needs it (paths.log_dir →
+        # ${hydra:runtime.cwd}), and ${now:...} keeps the value resolved here, so Hydra makes this very folder
+        with hydra_config_of(config):
+            run_dir = str(config.hydra.run.dir)
         try:
-            acquire(self._run_dir)
+            acquire(run_dir)
         except RunFolderInUseError as error:
             print(error, file=sys.stderr)
             raise SystemExit(2) from None
+        self._run_dir = run_dir
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        release(self._run_dir)
+        if self._run_dir is not None:
+            release(self._run_dir)
+            self._run_dir = None

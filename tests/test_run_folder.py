@@ -3,6 +3,7 @@ and exit code 2, the folder untouched; the lock of a killed run is gone at once;
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -10,10 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from lficam import run_folder
 from lficam.run_folder import RunFolderInUseError
-from tests.conftest import ROOT, run_quietly
+from tests.conftest import CONF, ROOT, run_quietly, subprocess_env
 
 # Another run's hold on a folder as lficam.run_folder takes it (an exclusive flock on <folder>/.lock, which
 # describes its holder), in a process that starts in milliseconds.
@@ -38,9 +43,13 @@ def _holder(folder: Path) -> subprocess.Popen:
     return process
 
 
-def test_a_held_folder_is_refused_and_a_killed_holders_lock_is_gone(tmp_path: Path, monkeypatch) -> None:
+def _rank_zero(monkeypatch) -> None:
     for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         monkeypatch.delenv(key, raising=False)
+
+
+def test_a_held_folder_is_refused_and_a_killed_holders_lock_is_gone(tmp_path: Path, monkeypatch) -> None:
+    _rank_zero(monkeypatch)
     folder = tmp_path / "run"
     holder = _holder(folder)
     try:
@@ -94,3 +103,58 @@ def test_train_py_into_a_folder_in_use_exits_2_and_leaves_the_folder_as_it_was(t
     assert left == set(files)
     for name, content in files.items():
         assert (folder / name).read_bytes() == content, name
+
+
+def test_the_default_run_folder_is_locked_before_hydra_sets_its_config(tmp_path: Path, monkeypatch) -> None:
+    """Without hydra.run.dir= the folder is ${paths.log_dir}/…, i.e. ${hydra:runtime.cwd}/outputs/…, which
+    Hydra serves only from run_job on; the callback's on_run_start comes before it (issue 17: it raised
+    "HydraConfig was not set", Hydra made that a warning, and the folder was not locked)."""
+    _rank_zero(monkeypatch)
+    monkeypatch.chdir(tmp_path)  # paths.root_dir follows the working directory
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True)
+    assert not HydraConfig.initialized()  # as in Hydra's run(): the callbacks start before run_job
+    lock = instantiate(cfg.hydra.callbacks.run_folder_lock)
+    lock.on_run_start(config=cfg)
+    try:
+        assert not HydraConfig.initialized()  # left to run_job, which sets and restores its own
+        # the folder run_job makes: hydra.run.dir resolved with HydraConfig set (${now:...} is cached)
+        HydraConfig.instance().set_config(cfg)
+        folder = Path(OmegaConf.select(cfg, "hydra.run.dir"))
+        HydraConfig.instance().cfg = None
+        assert folder.parent == tmp_path / "outputs" / "train" / "runs"
+        assert (folder / run_folder.LOCK_FILE).read_text().startswith(f"process {os.getpid()} on ")
+        # a second run into this folder cannot take its lock (another open file of it, as another run has)
+        other = os.open(folder / run_folder.LOCK_FILE, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+    finally:
+        lock.on_run_end(config=cfg)
+    assert folder.resolve() not in run_folder._held
+
+
+@pytest.mark.slow
+def test_train_py_in_its_default_folder_takes_the_lock_without_warnings(tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *("data.train_size=64", "data.val_size=32", "data.test_size=32", "data.image_size=16"),
+        *("data.batch_size=16", "trainer.max_epochs=1"),
+        # the lock is the point, not the training: build everything, fit and test nothing
+        *("train=false", "test=false", "optimized_metric=null"),
+    ]
+    env = {**subprocess_env(), "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-3000:]
+    # the callback raised in on_run_start (a warning) and again in on_run_end (it had no folder)
+    assert "Callback RunFolderLock" not in stderr
+    assert "HydraConfig was not set" not in stderr
+    (folder,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    assert (folder / run_folder.LOCK_FILE).read_text().startswith(f"process {run.pid} on ")
+    assert (folder / "summary.json").is_file() and (folder / ".hydra" / "config.yaml").is_file()

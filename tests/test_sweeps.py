@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 import lficam.train
+from lficam import cli
 from lficam.errors import UserError
 from lficam.train import run_task
-from tests.conftest import run_quietly
+from tests.conftest import run_quietly, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -74,44 +76,130 @@ def test_grid_sweep_runs_each_job_in_its_own_folder(tmp_path):
         assert (job / "csv" / "metrics.csv").is_file()
 
 
+# The README's search, shrunk (issue 17: as written, without paths.* on the command line, it failed before any
+# trial with "HydraConfig was not set")
+README_SEARCH = [
+    "-m",
+    "hparams_search=lficam_optuna",
+    "hydra.sweeper.n_trials=1",
+    "data.train_size=64",
+    "data.val_size=32",
+    "data.test_size=32",
+    "data.image_size=16",
+    "data.batch_size=16",
+    "trainer.max_epochs=1",
+]
+
+
+def train_py_in(folder: Path, *arguments: str) -> subprocess.CompletedProcess:
+    """``python train.py ...`` started in ``folder``: paths.root_dir follows the working directory, so the
+    default outputs/ and data/ are made there, not in the repository."""
+    env = {**subprocess_env(), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *arguments],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 @pytest.mark.slow
-def test_optuna_search_records_trials_in_sqlite_resumes_and_survives_a_failed_trial(tmp_path):
+def test_the_readme_optuna_search_runs_as_written_persists_resumes_and_survives_a_failed_trial(tmp_path):
     import optuna
 
-    search = [
-        "hparams_search=lficam_optuna",
-        "hydra.sweeper.study_name=tiny",
-        "hydra.sweeper.sampler.seed=7",
-        "data.batch_size=choice(8,16)",  # replaces the config's range: batches that fit 32 training images
-    ]
-    done = train_py(tmp_path, *search, "hydra.sweeper.n_trials=2")
+    done = train_py_in(tmp_path, *README_SEARCH)
     assert done.returncode == 0, done.stderr[-3000:]
-    storage = f"sqlite:///{tmp_path / 'logs' / 'optuna.db'}"
-    trials = optuna.load_study(study_name="tiny", storage=storage).trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
-    for trial in trials:
-        job = sweep / str(trial.number)
-        summary = json.loads((job / "summary.json").read_text())
-        assert trial.value == pytest.approx(summary["metrics"]["val/acc_best"])  # what main returned
-        assert set(trial.params) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
-        overrides = (job / ".hydra" / "overrides.yaml").read_text()
-        assert f"optimizer.lr={trial.params['optimizer.lr']}" in overrides
-        assert trial.params["data.batch_size"] in (8, 16)
-    # distinct lr per trial: the sampler really proposed each trial's values
-    assert trials[0].params["optimizer.lr"] != trials[1].params["optimizer.lr"]
+    assert "HydraConfig was not set" not in done.stdout + done.stderr
+    # the study persists in the default log folder, under the name the config gives it
+    storage = f"sqlite:///{tmp_path / 'outputs' / 'optuna.db'}"
+    trials = optuna.load_study(study_name="lficam_cifar_resnet20_lficam", storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert summary["run_dir"] == str(sweep / "0")
+    assert trials[0].value == pytest.approx(summary["metrics"]["val/acc_best"])  # what main returned
+    # data.batch_size=16 on the command line fixes the batch size the search space would vary
+    assert set(trials[0].params) == {"optimizer.lr", "optimizer.weight_decay"}
+    overrides = (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
+    assert f"optimizer.lr={trials[0].params['optimizer.lr']}" in overrides
 
-    # Run the same search again: the study resumes (trial numbers go on). Its one new trial fails (an image
-    # size the data refuses): recorded as FAIL, and the sweep still ends normally.
-    again = train_py(tmp_path, *search, "hydra.sweeper.n_trials=1", "data.image_size=8")
+    # Again, into a sweep folder given with hydra.sweep.dir=: the study resumes (trial numbers go on). Its two
+    # new trials fail (an image size the data refuses): recorded as FAIL, and the sweep still ends normally.
+    again = train_py_in(
+        tmp_path,
+        *README_SEARCH,
+        f"hydra.sweep.dir={tmp_path / 'again'}",
+        "hydra.sweeper.n_trials=2",
+        "data.image_size=8",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Shapes image_size must be between 16 and 512 pixels, got 8." in again.stdout + again.stderr
-    trials = optuna.load_study(study_name="tiny", storage=storage).trials
-    assert [t.number for t in trials] == [0, 1, 2]
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2 + [
-        optuna.trial.TrialState.FAIL
+    trials = optuna.load_study(study_name="lficam_cifar_resnet20_lficam", storage=storage).trials
+    assert [(t.number, t.state) for t in trials] == [
+        (0, optuna.trial.TrialState.COMPLETE),
+        (1, optuna.trial.TrialState.FAIL),
+        (2, optuna.trial.TrialState.FAIL),
     ]
-    assert len(list((tmp_path / "logs" / "train" / "multiruns").iterdir())) == 2  # a new sweep folder
+    # distinct lr per trial of a run: the sampler really proposed each trial's values
+    assert trials[1].params["optimizer.lr"] != trials[2].params["optimizer.lr"]
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["0", "1", "optimization_results.yaml"]
+    assert "data.image_size=8" in (tmp_path / "again" / "0" / ".hydra" / "overrides.yaml").read_text()
+    assert len(list((tmp_path / "outputs" / "train" / "multiruns").iterdir())) == 1
+
+
+def _closed_port() -> socket.socket:
+    """A local TCP port bound but not listening: a connection to it is refused at once."""
+    bound = socket.socket()
+    bound.bind(("127.0.0.1", 0))
+    return bound
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "hydra.sweeper.storage=bogus://x",
+            "Error: hydra.sweeper.storage=bogus://x is not a database URL SQLAlchemy can open: give one, e.g. "
+            "sqlite:///outputs/optuna.db or postgresql://user:password@host/database.",
+        ),
+        (
+            "hydra.sweeper.storage=postgresql://lficam:secret@127.0.0.1:{port}/studies",
+            "Error: hydra.sweeper.storage=postgresql://lficam:***@127.0.0.1:{port}/studies: cannot connect to the "
+            'study\'s database (connection to server at "127.0.0.1", port {port} failed: Connection refused); '
+            "start the database server or give a URL that reaches it (sqlite:///<file>.db needs no server).",
+        ),
+        (
+            "hydra.sweeper.storage=mysql://lficam@127.0.0.1:{port}/studies",
+            "Error: hydra.sweeper.storage=mysql://lficam@127.0.0.1:{port}/studies needs a database driver that is "
+            "not installed (No module named 'MySQLdb'): install it (pip install mysqlclient) or use "
+            "sqlite:///<file>.db, which needs none.",
+        ),
+        (
+            "hydra.sweeper.n_trials=0",
+            "Error: hydra.sweeper.n_trials=0 cannot run a search: give the number of trials to run, at least 1 "
+            "(hydra.sweeper.n_trials=20).",
+        ),
+    ],
+    ids=["unknown_database", "postgresql_not_listening", "driver_not_installed", "no_trials"],
+)
+def test_a_study_that_cannot_be_stored_or_run_is_one_sentence_before_any_trial(
+    override, expected, tmp_path, capsys
+):
+    """They were tracebacks: NoSuchModuleError, ImportError (no PostgreSQL driver), "Record does not exist"."""
+    port = _closed_port()
+    try:
+        number = port.getsockname()[1]
+        argv = [*README_SEARCH, override.format(port=number), f"paths.log_dir={tmp_path / 'logs'}"]
+        assert cli.train(argv) == 2
+    finally:
+        port.close()
+    err = capsys.readouterr().err
+    assert err.strip() == expected.format(port=number)
+    assert not (tmp_path / "logs" / "train").exists()  # no sweep folder: no trial ran
+    assert not (tmp_path / "logs" / "optuna.db").exists()  # nor was the default study opened
+    assert not HydraConfig.initialized()  # what the multirun set for itself is gone with it
 
 
 def test_sweep_over_a_key_that_does_not_exist_is_one_clear_error(tmp_path):
@@ -139,8 +227,8 @@ def test_optuna_config_composes_with_a_search_space_of_real_keys(tmp_path):
     assert sweeper.study_name == "lficam_cifar_resnet20_lficam"
     for key in sweeper.params:  # every searched key exists in the composed config
         assert OmegaConf.select(cfg, key, default="missing") != "missing", key
-    # the Hydra callback that creates the database's folder before the study opens it
-    callback = instantiate(cfg.hydra.callbacks.study_folder)
+    # the Hydra callback that checks the storage and creates the database's folder before the study opens it
+    callback = instantiate(cfg.hydra.callbacks.study_storage)
     callback.on_multirun_start(config=cfg)
     assert (tmp_path / "logs").is_dir()
 
