@@ -12,14 +12,16 @@ Hydra runs code both before a task (composing the config, making the run folder)
 has two layers with one contract:
 
 * :func:`run` wraps the whole app. A mistake Hydra finds before the task starts (an unknown key or option, bad
-  override syntax, a run folder that cannot be written) ends with its message and exit code 2, Ctrl-C with 130.
+  override syntax, a run folder that cannot be written) ends with its message and exit code 2, Ctrl-C with 130;
+  a misspelt key is answered with the nearest existing one (``trainer.max_epoch`` → ``trainer.max_epochs``).
 * :func:`guarded` wraps the task body. A :class:`~lficam.errors.UserError`, or a config value that Hydra or
   OmegaConf cannot build into an object (``instantiate`` of a bad value, an interpolation that does not
   resolve), ends with one sentence and exit code 2; W&B is closed whatever happens; Ctrl-C says how to resume;
   a ``+key`` override that nothing reads is named in a warning.
 
 Exit codes: 0 done, 1 a bug (its traceback is kept), 2 a user's mistake, 130 interrupted (128 + SIGINT, the
-shell's convention). ``HYDRA_FULL_ERROR=1`` shows the traceback of a config error too.
+shell's convention), 143 stopped by SIGTERM (128 + SIGTERM: a batch system's stop or time limit).
+``HYDRA_FULL_ERROR=1`` shows the traceback of a config error too.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ log = logging.getLogger("lficam")
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
 VERSION_BASE = "1.3"
 CONFIG_PACKAGE = "lficam.conf"
 _FULL_ERROR = "HYDRA_FULL_ERROR"
@@ -60,8 +63,13 @@ def run(app: Callable[[], Any], argv: Sequence[str] | None = None, phrase: Phras
     """Run the ``@hydra.main`` function ``app`` with ``argv`` (default: the process's arguments) and return its
     exit code. ``phrase`` words an app's own sentence for a config error Hydra raises before the task starts
     (``None`` from it: the generic wording)."""
+    from hydra.core.hydra_config import HydraConfig
+
     args = list(sys.argv[1:] if argv is None else argv)
     saved_argv = sys.argv
+    # a multirun sets HydraConfig for its whole length (lficam.sweeps.HydraConfigBeforeJobs); one that ends with
+    # an error must not leave it behind for what runs next in this process
+    saved_hydra_config = HydraConfig.instance().cfg
     _user_full_error.append(os.environ.get(_FULL_ERROR))
     os.environ[_FULL_ERROR] = "1"
     sys.argv = [saved_argv[0] if saved_argv else "lficam", *args]
@@ -75,13 +83,18 @@ def run(app: Callable[[], Any], argv: Sequence[str] | None = None, phrase: Phras
     except Exception as error:
         if _user_full_error[-1] == "1":
             raise
-        message = (phrase(error, args) if phrase else None) or startup_message(error)
+        message = (
+            (phrase(error, args) if phrase else None)
+            or nearest_key_message(error, args)
+            or startup_message(error)
+        )
         if message is None:
             raise
         print(message, file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
         sys.argv = saved_argv
+        HydraConfig.instance().cfg = saved_hydra_config
         user_value = _user_full_error.pop()
         if user_value is None:
             os.environ.pop(_FULL_ERROR, None)
@@ -118,6 +131,50 @@ def startup_message(error: BaseException) -> str | None:
     if isinstance(error, HydraException):
         return f"Error: {_first_line(error)}."
     return None
+
+
+def nearest_key_message(error: BaseException, argv: Sequence[str] = ()) -> str | None:
+    """For Hydra's "Could not override 'trainer.max_epoch'" of a misspelt key: the existing key of that level
+    nearest to it (Hydra's advice, ``+trainer.max_epoch=1``, adds a key that fails later or that nothing reads),
+    or ``None`` when no key is close (Hydra's own words then)."""
+    import difflib
+
+    from hydra.errors import CompactHydraException
+    from omegaconf import DictConfig
+
+    bad = re.match(r"Could not override '([^']+)'\.\nTo append to your config use \+[^=\s]+=(.*)", str(error))
+    cause = error.__cause__
+    parent, key = getattr(cause, "parent_node", None), getattr(cause, "key", None)
+    full = str(getattr(cause, "full_key", "") or "")
+    if not (isinstance(error, CompactHydraException) and bad and isinstance(parent, DictConfig) and key):
+        return None
+    written, key = bad.group(1), str(key)
+    if not (full.endswith(key) and written.startswith(full)):
+        return None
+    rest = written[len(full) :]  # the part after a misspelt group name: trainr.max_epochs → .max_epochs
+    keys = [str(k) for k in parent if k != "hydra"]
+    close = [k for k in difflib.get_close_matches(key, keys, n=3, cutoff=0.6) if _has(parent, k + rest)]
+    if not close:
+        return None
+    nearest = full[: len(full) - len(key)] + close[0] + rest
+    # the value as written (Hydra's line has one value of a sweep's list)
+    value = next((a.split("=", 1)[1] for a in argv if a.lstrip("+~").startswith(f"{written}=")), bad.group(2))
+    return (
+        f"Error: The config has no key {written!r}: did you mean {nearest}={value} (--cfg job prints the "
+        "config's keys)?"
+    )
+
+
+def _has(config: Any, dotted: str) -> bool:
+    """Whether ``config`` has the key ``dotted`` (a value that does not resolve yet, ``${hydra:...}``, counts)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    missing = object()
+    try:
+        return OmegaConf.select(config, dotted, default=missing, throw_on_missing=False) is not missing
+    except InterpolationResolutionError:
+        return True
 
 
 def os_error_reason(error: OSError) -> str:
@@ -182,7 +239,8 @@ def guarded(
     on_interrupt: Callable[[], str] | None = None,
 ) -> T | float:
     """Run a Hydra task's body: a user's mistake ends with one sentence and exit code 2, W&B is closed, Ctrl-C
-    ends with what ``on_interrupt`` says and exit code 130, and unread ``+key`` overrides are warned about.
+    ends with what ``on_interrupt`` says and exit code 130 (SIGTERM, once Lightning's loops stop on it: the
+    same, and 143), and unread ``+key`` overrides are warned about.
 
     ``run_dir`` is named in the error sentence (what was written before the error stays there);
     ``errors_to_log`` sends the sentence to the log (the run's log file too) instead of ``Error: …`` on stderr.
@@ -217,7 +275,7 @@ def guarded(
 
         if rank_zero_only.rank == 0:
             print(on_interrupt() if on_interrupt else "Interrupted.", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_INTERRUPTED) from None
+        raise SystemExit(EXIT_TERMINATED if terminated(stop) else EXIT_INTERRUPTED) from None
     finally:
         close_wandb()
         if _user_full_error and not bug:  # what Hydra raises after the task (a later job's config) is run()'s
@@ -225,10 +283,21 @@ def guarded(
 
 
 def interrupted(stop: BaseException) -> bool:
-    """Ctrl-C: a KeyboardInterrupt, or the exit Lightning makes after it caught one inside ``fit``/``test``."""
-    return isinstance(stop, KeyboardInterrupt) or (
-        isinstance(stop, SystemExit) and isinstance(stop.__context__, KeyboardInterrupt)
+    """Ctrl-C: a KeyboardInterrupt, or the exit Lightning makes after it caught one inside ``fit``/``test``;
+    or SIGTERM (:func:`terminated`)."""
+    return (
+        isinstance(stop, KeyboardInterrupt)
+        or (isinstance(stop, SystemExit) and isinstance(stop.__context__, KeyboardInterrupt))
+        or terminated(stop)
     )
+
+
+def terminated(stop: BaseException) -> bool:
+    """SIGTERM: Lightning's signal connector notes it (on SLURM with auto-requeue, after the requeue) and its
+    loops stop at the next batch with ``SIGTERMException``, a ``SystemExit`` of code 0 that a batch system
+    would read as success."""
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")  # loaded where Lightning ran
+    return exceptions is not None and isinstance(stop, exceptions.SIGTERMException)
 
 
 def user_message(error: BaseException) -> str | None:

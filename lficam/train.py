@@ -155,10 +155,24 @@ def _fit_and_test_in_folder(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict
     if trainer.is_global_zero:
         summary = {"run_dir": str(output_dir), "metrics": metrics}
         if trainer.checkpoint_callback is not None:
-            summary["best_checkpoint"] = trainer.checkpoint_callback.best_model_path
+            summary["best_checkpoint"] = folder_relative(
+                trainer.checkpoint_callback.best_model_path, output_dir
+            )
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return metrics
+
+
+def folder_relative(path: str, folder: Path) -> str:
+    """``path`` relative to the run folder where it lies inside it (``checkpoints/epoch_003.ckpt``), so that a
+    copied or moved run folder still names its own files; else as it is (a checkpoint dirpath elsewhere, or ""
+    when none was saved)."""
+    if not path:
+        return path
+    try:
+        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return path
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -226,7 +240,8 @@ class _NoTips(logging.Filter):
 def run_task(cfg: DictConfig) -> float | None:
     """Hydra task body of ``train.py`` and ``lficam-train``: train, print the summary and the run folder, and
     return the metric a sweep optimises. :func:`lficam.cli.guarded` turns a user's mistake into one sentence
-    (exit code 2), closes W&B, and on Ctrl-C says which checkpoint resumes the run (exit code 130)."""
+    (exit code 2), closes W&B, and on Ctrl-C (exit code 130) or SIGTERM (143: a batch system's stop) says which
+    checkpoint resumes the run."""
     from lficam.cli import guarded
 
     quiet_known_warnings()
@@ -260,7 +275,10 @@ def last_checkpoint(cfg: DictConfig) -> Path:
 
 
 def resume_hint(cfg: DictConfig) -> str:
-    """What Ctrl-C prints: the ``ckpt_path=`` that resumes the run, or that there is none yet."""
+    """What Ctrl-C and SIGTERM print: the ``ckpt_path=`` that resumes the run, or that there is none yet.
+    ``last.ckpt`` is the state at the end of the last complete epoch (the loops stop at the next batch, and the
+    epoch in progress is not saved: a resume from the middle of an epoch would not see the batches an unbroken
+    run sees)."""
     last = last_checkpoint(cfg)
     if last.is_file():
         return (

@@ -124,6 +124,24 @@ def test_mistakes_hydra_finds_before_the_task_exit_with_2(argv, expected, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "nearest"),
+    [
+        ("trainer.max_epoch=1", "trainer.max_epochs=1"),  # a misspelt key
+        ("trainr.max_epochs=1", "trainer.max_epochs=1"),  # a misspelt group
+        ("data.batchsize=16", "data.batch_size=16"),
+    ],
+)
+def test_a_misspelt_key_is_answered_with_the_nearest_existing_one(override, nearest, tmp_path, capsys):
+    """Hydra's advice, +trainer.max_epoch=1, adds a key the Trainer then refuses (issue 17, 12b)."""
+    assert cli.train([override, f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    written = override.split("=")[0]
+    assert capsys.readouterr().err.strip() == (
+        f"Error: The config has no key {written!r}: did you mean {nearest} (--cfg job prints the config's keys)?"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------------------------- item 11: Ctrl-C
 
 

@@ -79,6 +79,8 @@ def test_cli_short_job_writes_checkpoint_and_csv(tmp_path):
     assert (run_dir / "overlays" / "final.png").stat().st_size > 10_000
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["run_dir"] == str(run_dir)
+    # relative to the run folder: a copied or moved folder still names its own checkpoint
+    assert summary["best_checkpoint"] == "checkpoints/epoch_000.ckpt"
     assert "test/acc" in summary["metrics"]
     assert "lficam run summary" in result.stdout and str(run_dir) in result.stdout
 
