@@ -78,8 +78,52 @@ def build_test_data(data_config: dict[str, Any], data_dir: str | None, overrides
     return datamodule
 
 
+def _classes(count: int, names: list[str] | None) -> str:
+    """``10 classes (circle, square, triangle, star, …)``: the count and the first names."""
+    if not names:
+        return f"{count} classes"
+    shown = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
+    return f"{count} classes ({shown})"
+
+
+def check_same_classes(model: nn.Module, datamodule: Any, ckpt_path: str | Path, allow: bool) -> None:
+    """Refuse test data whose classes are not the checkpoint's: its labels would be scored against outputs
+    that mean other things (shapes' "circle" against Fashion-MNIST's "T-shirt"), and the numbers would look
+    like any others. ``eval.allow_other_data=true`` scores it anyway, where the labels fit the outputs."""
+    metadata = getattr(model, "lficam_metadata", None) or {}
+    trained = int(metadata["model_config"]["num_classes"])
+    trained_names = [str(c) for c in metadata.get("class_names") or []] or None
+    count = int(datamodule.num_classes)
+    names = [str(c) for c in getattr(datamodule, "class_names", None) or []] or None
+    named_alike = trained_names is None or names is None or trained_names == names
+    if count == trained and named_alike:
+        return
+    data = type(datamodule).__name__
+    if allow and count <= trained:
+        log.warning(
+            "Scoring %s (trained on %s) on %s of %s, as eval.allow_other_data=true asks.",
+            ckpt_path,
+            _classes(trained, trained_names),
+            data,
+            _classes(count, names),
+        )
+        return
+    if allow:
+        raise UserError(
+            f"The test data ({data}) has {_classes(count, names)}, more than the {trained} outputs of "
+            f"{str(ckpt_path)!r}, so its labels cannot be scored even with eval.allow_other_data=true; "
+            f"evaluate on data of at most {trained} classes."
+        )
+    raise UserError(
+        f"{str(ckpt_path)!r} was trained on {_classes(trained, trained_names)} but the test data ({data}) has "
+        f"{_classes(count, names)}; evaluate on the checkpoint's own data (leave data unset), or pass "
+        "eval.allow_other_data=true to score it on these classes anyway."
+    )
+
+
 def protocol_options(options: DictConfig, protocols: DictConfig | None) -> dict[str, Any]:
-    """The protocol's values (``protocols[eval.protocol]``) with every ``eval.<key>`` that is not null on top."""
+    """The protocol's values (``protocols[eval.protocol]``) with every ``eval.<key>`` that is not null on top;
+    a value no evaluation can use is one sentence naming the key it came from."""
     name = options.get("protocol") or "quick"
     protocols = protocols or {}
     if name not in protocols:
@@ -87,7 +131,66 @@ def protocol_options(options: DictConfig, protocols: DictConfig | None) -> dict[
     chosen = OmegaConf.to_container(protocols[name], resolve=True)
     given = {k: options.get(k) for k in PROTOCOL_KEYS if options.get(k) is not None}
     chosen.update(OmegaConf.to_container(OmegaConf.create(given), resolve=True))
+    for key in PROTOCOL_KEYS:
+        source = f"eval.{key}" if key in given else f"protocols.{name}.{key}"
+        if key == "road_percentages":
+            check_fractions(source, chosen.get(key))
+        else:
+            check_count(source, chosen.get(key), _MEANING[key])
     return {"protocol": name, **chosen}
+
+
+#: what each count of conf/eval.yaml is, for the sentence that refuses a value
+_MEANING = {
+    "num_images": "a number of test images to score the maps on",
+    "curve_steps": "a number of deletion/insertion steps",
+    "pixels_per_step": "a number of pixels per deletion/insertion step",
+    "batch_size": "a number of images per batch",
+    "retrieval_pictures": "a number of retrieval queries to draw",
+}
+
+
+def check_count(key: str, value: Any, meaning: str, least: int = 1) -> None:
+    """Refuse a count that is not a whole number of at least ``least`` (a bool is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UserError(f"{key}={value!r} is not {meaning}; use a whole number of at least {least}.")
+
+
+def check_fractions(key: str, value: Any) -> None:
+    """ROAD's removed fractions: a non-empty list of numbers strictly between 0 and 1."""
+    numbers = isinstance(value, list | tuple) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    )
+    if not numbers or not value or not all(0 < v < 1 for v in value):
+        raise UserError(
+            f"{key}={value!r} is not a list of fractions of the image to remove; give numbers strictly between "
+            "0 and 1, e.g. eval.road_percentages=[0.2,0.5,0.8]."
+        )
+
+
+def check_options(cfg: DictConfig) -> None:
+    """The counts of conf/eval.yaml that no evaluation can use (0 or negative images, steps, batches): one
+    sentence before a model is loaded. The protocol's values are checked by :func:`protocol_options`."""
+    options = cfg.get("eval") or {}
+    if options.get("pixels_per_step") is not None:
+        check_count("eval.pixels_per_step", options.pixels_per_step, _MEANING["pixels_per_step"])
+    check_count("eval.batch_size", options.get("batch_size"), _MEANING["batch_size"])
+    check_count(
+        "eval.retrieval_pictures", options.get("retrieval_pictures", 8), _MEANING["retrieval_pictures"], 0
+    )
+    protocol_options(options, cfg.get("protocols"))
+
+
+def check_stability_options(options: DictConfig) -> None:
+    """``stability.*``: counts of at least 1 and a threshold that selects part of a map's range."""
+    check_count("stability.num_images", options.get("num_images"), "a number of test images to compare")
+    check_count("stability.batch_size", options.get("batch_size"), _MEANING["batch_size"])
+    threshold = options.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold < 1:
+        raise UserError(
+            f"stability.threshold={threshold!r} is not a fraction of a map's range; use a number from 0 up to "
+            "(not including) 1, e.g. the paper's 0.39215686 (100/255)."
+        )
 
 
 # ------------------------------------------------------------------------------------------- computing
@@ -155,7 +258,8 @@ def map_quality(
     curves: dict[str, Tensor] = {}
     if "mask" in probe:
         with progress.stage(f"{method}: localisation"):
-            pointing = M.PointingGame(options["num_classes"]).to(images.device)
+            # stage: one warning counts the probe's images without an object (once for all methods)
+            pointing = M.PointingGame(options["num_classes"], stage="test").to(images.device)
             pointing.update(maps, probe["mask"], probe["label"])
             values["pointing_game"] = float(pointing.compute())
             values["energy_pointing_game"] = M.energy_pointing_game(maps, probe["mask"])
@@ -283,6 +387,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     model = load(cfg.ckpt_path, map_location=device).eval()
     data_config = _data_config(cfg)
     datamodule = build_test_data(data_config, cfg.paths.data_dir, dict(cfg.eval.get("data_overrides") or {}))
+    check_same_classes(model, datamodule, cfg.ckpt_path, bool(cfg.eval.get("allow_other_data", False)))
     options = {
         **protocol_options(cfg.eval, cfg.get("protocols")),
         "batch_size": cfg.eval.batch_size,
@@ -378,8 +483,9 @@ def _json_float(value: Any) -> Any:
 def best_checkpoint(folder: Path) -> Path:
     """A run folder's best checkpoint, as its ModelCheckpoint recorded it: ``summary.json``'s
     ``best_checkpoint``, else the ``best_model_path`` of the monitoring ModelCheckpoint's state inside
-    ``last.ckpt``; ``last.ckpt`` itself when neither names a file. A recorded path that no longer exists (the
-    run folder moved) is looked up by name in the folder's ``checkpoints/``."""
+    ``last.ckpt``; ``last.ckpt`` itself when neither names a file. Only files of this folder are used
+    (:func:`checkpoint_in_folder`), so a copied run folder is evaluated with its own checkpoints."""
+    folder = Path(folder)
     checkpoints = folder / "checkpoints"
     last = checkpoints / "last.ckpt"
     summary = folder / "summary.json"
@@ -394,16 +500,51 @@ def best_checkpoint(folder: Path) -> Path:
         ]
     else:
         recorded = []
-    for path in (Path(str(p)) for p in recorded if p):
-        for candidate in (path, checkpoints / path.name):
-            if candidate.is_file():
-                return candidate
+    for path in recorded:
+        found = checkpoint_in_folder(folder, path) if path else None
+        if found is not None:
+            return found
     if last.is_file():
         return last
     raise UserError(
         f"{str(folder)!r} records no best checkpoint and has no checkpoints/last.ckpt; list the checkpoints "
         "to compare in stability.runs=[a.ckpt,b.ckpt]."
     )
+
+
+def checkpoint_in_folder(folder: Path, recorded: str | Path) -> Path | None:
+    """The file of run folder ``folder`` that a recorded checkpoint path names, or None.
+
+    train.py records paths relative to the run folder. An absolute path (older runs, Lightning's own state)
+    counts where it lies inside the folder; one outside it (the folder was copied or moved, and the original
+    may still be there) is never followed: its namesake in the folder's ``checkpoints/`` is used instead, with
+    a warning."""
+    path = Path(str(recorded))
+    inside = _part_of(folder, path)
+    if inside is not None:
+        candidate = folder / inside
+        return candidate if candidate.is_file() else None
+    namesake = folder / "checkpoints" / path.name
+    log.warning(
+        "%s records the checkpoint %s, outside the run folder (copied or moved); using %s instead.",
+        folder,
+        path,
+        namesake if namesake.is_file() else "the folder's own checkpoints",
+    )
+    return namesake if namesake.is_file() else None
+
+
+def _part_of(folder: Path, path: Path) -> Path | None:
+    """``path`` relative to ``folder`` when it lies inside it (symbolic links resolved), else None; a relative
+    path is taken as relative to the folder, unless it climbs out of it (``..``)."""
+    if not path.is_absolute():
+        return None if ".." in path.parts else path
+    for a, b in ((path, folder), (path.resolve(), folder.resolve())):
+        try:
+            return a.relative_to(b)
+        except ValueError:
+            continue
+    return None
 
 
 def find_checkpoints(runs: Any) -> list[Path]:
@@ -553,11 +694,13 @@ def run_eval(cfg: DictConfig) -> dict[str, Any] | None:
     quiet_known_warnings()
     try:
         if cfg.get("stability") and cfg.stability.get("runs"):
+            check_stability_options(cfg.stability)
             return evaluate_stability(cfg)
         if not cfg.get("ckpt_path"):
             raise UserError(
                 "Nothing to evaluate: pass ckpt_path=<run>/checkpoints/<file>.ckpt or stability.runs=<sweep folder>."
             )
+        check_options(cfg)
         if cfg.eval.get("task", "classification") != "classification":  # lficam/retrieval.py
             from lficam.retrieval import check_task, evaluate_retrieval
 

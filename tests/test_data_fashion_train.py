@@ -57,7 +57,9 @@ def test_fashion_mnist_trains_with_localisation_metrics(tmp_path: Path) -> None:
     )
     for key in ("train/loss_epoch", "test/acc", *LOCALISATION):
         assert math.isfinite(summary["metrics"][key]), key
-    checkpoint = torch.load(summary["best_checkpoint"], weights_only=True, map_location="cpu")
+    checkpoint = torch.load(
+        Path(summary["run_dir"], summary["best_checkpoint"]), weights_only=True, map_location="cpu"
+    )
     stored = next(v for v in checkpoint.values() if isinstance(v, dict) and "lficam_input" in v)[
         "lficam_input"
     ]
@@ -86,7 +88,7 @@ def test_fashion_clutter_trains_and_eval_reports_localisation(tmp_path: Path) ->
         [
             sys.executable,
             str(ROOT / "eval.py"),
-            f"ckpt_path={summary['best_checkpoint']}",
+            f"ckpt_path={Path(summary['run_dir'], summary['best_checkpoint'])}",
             "eval.cams=[gradcam]",
             "eval.num_images=8",
             "eval.faithfulness=false",

@@ -136,7 +136,7 @@ def test_eval_checkpoint_writes_metrics_tables_and_pictures(runs):
 def test_eval_pointing_game_is_training_s_for_the_same_checkpoint(runs, tmp_path):
     _, (run, _) = runs
     summary = json.loads((run / "summary.json").read_text())
-    ckpt = summary["best_checkpoint"]  # the checkpoint training tested
+    ckpt = run / summary["best_checkpoint"]  # the checkpoint training tested
     cfg = compose_eval(
         [
             f"ckpt_path={ckpt}",
@@ -302,3 +302,208 @@ def test_eval_of_a_foreign_file_is_one_sentence(tmp_path):
     assert result.returncode == 2
     assert "Refusing" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------- copied run folders (issue 17, item 7)
+
+
+def test_stability_on_copied_run_folders_uses_the_copies_files(runs, tmp_path, caplog):
+    import shutil
+
+    from lficam.evaluate import evaluate_stability
+
+    base, originals = runs
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run in originals:
+        shutil.copytree(run, first / run.name)
+    shutil.copytree(first, second)
+    shutil.rmtree(first)  # the folder the copy was made from is gone; the fixture's runs are still there
+    cfg = compose_eval(
+        [f"stability.runs={second}", "stability.num_images=8"], tmp_path / "out", base / "data"
+    )
+    report = evaluate_stability(cfg)
+    assert [r["checkpoint"] for r in report["runs"]] == [
+        str(second / run.name / "checkpoints" / "epoch_000.ckpt") for run in originals
+    ]
+    # a summary.json of an older lficam records absolute paths: one outside the folder is not followed
+    summary = second / "seed1" / "summary.json"
+    recorded = json.loads(summary.read_text())
+    recorded["best_checkpoint"] = str(originals[0] / "checkpoints" / "epoch_000.ckpt")  # exists
+    summary.write_text(json.dumps(recorded))
+    caplog.clear()  # the progress lines of the stability run above
+    with caplog.at_level(logging.WARNING, logger="lficam"):
+        assert best_checkpoint(second / "seed1") == second / "seed1" / "checkpoints" / "epoch_000.ckpt"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"{second / 'seed1'} records the checkpoint {originals[0] / 'checkpoints' / 'epoch_000.ckpt'}, outside "
+        f"the run folder (copied or moved); using {second / 'seed1' / 'checkpoints' / 'epoch_000.ckpt'} instead."
+    ]
+    # an absolute one inside the folder is used as it is; a relative one that climbs out of it is not
+    recorded["best_checkpoint"] = str(second / "seed1" / "checkpoints" / "last.ckpt")
+    summary.write_text(json.dumps(recorded))
+    assert best_checkpoint(second / "seed1") == second / "seed1" / "checkpoints" / "last.ckpt"
+    recorded["best_checkpoint"] = "../seed2/checkpoints/epoch_000.ckpt"
+    summary.write_text(json.dumps(recorded))
+    assert best_checkpoint(second / "seed1") == second / "seed1" / "checkpoints" / "epoch_000.ckpt"
+
+
+# ------------------------------------------------------ options no evaluation can use (item 9)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sentence"),
+    [
+        (
+            ["eval.num_images=0"],
+            "eval.num_images=0 is not a number of test images to score the maps on; use a whole number of at least 1.",
+        ),
+        (
+            ["eval.num_images=-3"],
+            "eval.num_images=-3 is not a number of test images to score the maps on; use a whole number of at least 1.",
+        ),
+        (
+            ["protocols.quick.num_images=0"],
+            "protocols.quick.num_images=0 is not a number of test images to score the maps on; use a whole number "
+            "of at least 1.",
+        ),
+        (
+            ["eval.curve_steps=0"],
+            "eval.curve_steps=0 is not a number of deletion/insertion steps; use a whole number of at least 1.",
+        ),
+        (
+            ["eval.protocol=full", "eval.curve_steps=2.5"],
+            "eval.curve_steps=2.5 is not a number of deletion/insertion steps; use a whole number of at least 1.",
+        ),
+        (
+            ["eval.road_percentages=[]"],
+            "eval.road_percentages=[] is not a list of fractions of the image to remove; give numbers strictly "
+            "between 0 and 1, e.g. eval.road_percentages=[0.2,0.5,0.8].",
+        ),
+        (
+            ["eval.road_percentages=[0.5,1.5]"],
+            "eval.road_percentages=[0.5, 1.5] is not a list of fractions of the image to remove; give numbers "
+            "strictly between 0 and 1, e.g. eval.road_percentages=[0.2,0.5,0.8].",
+        ),
+        (
+            ["eval.pixels_per_step=0"],
+            "eval.pixels_per_step=0 is not a number of pixels per deletion/insertion step; use a whole number of "
+            "at least 1.",
+        ),
+        (
+            ["eval.batch_size=0"],
+            "eval.batch_size=0 is not a number of images per batch; use a whole number of at least 1.",
+        ),
+        (
+            ["eval.retrieval_pictures=-1"],
+            "eval.retrieval_pictures=-1 is not a number of retrieval queries to draw; use a whole number of at "
+            "least 0.",
+        ),
+        (
+            ["stability.runs=[a.ckpt,b.ckpt]", "stability.num_images=0"],
+            "stability.num_images=0 is not a number of test images to compare; use a whole number of at least 1.",
+        ),
+        (
+            ["stability.runs=[a.ckpt,b.ckpt]", "stability.batch_size=-2"],
+            "stability.batch_size=-2 is not a number of images per batch; use a whole number of at least 1.",
+        ),
+        (
+            ["stability.runs=[a.ckpt,b.ckpt]", "stability.threshold=1.5"],
+            "stability.threshold=1.5 is not a fraction of a map's range; use a number from 0 up to (not "
+            "including) 1, e.g. the paper's 0.39215686 (100/255).",
+        ),
+    ],
+)
+def test_an_eval_count_no_evaluation_can_use_is_one_sentence(overrides, sentence, tmp_path, caplog):
+    from lficam.evaluate import run_eval as eval_task
+
+    # the options are refused before the checkpoint is read: it need not exist
+    cfg = compose_eval([f"ckpt_path={tmp_path / 'absent.ckpt'}", *overrides], tmp_path / "out", tmp_path)
+    with caplog.at_level(logging.ERROR, logger="lficam"), pytest.raises(SystemExit) as exit_:
+        eval_task(cfg)
+    assert exit_.value.code == 2
+    assert caplog.messages == [sentence]
+
+
+# ---------------------------------------------- test data of other classes (item 8), data_overrides (12e)
+
+SHAPES = "10 classes (disk, square, triangle, star, …)"
+QUICK_EVAL = ["eval.num_images=2", "eval.cams=[]", "eval.faithfulness=false", "eval.road=false"]
+
+
+def test_the_documented_data_overrides_form_works(tmp_path):
+    # conf/eval.yaml: 'eval.data_overrides={num_workers: 2, test_size: 500}'
+    cfg = compose_eval(["eval.data_overrides={num_workers: 2, test_size: 500}"], tmp_path, tmp_path)
+    assert dict(cfg.eval.data_overrides) == {"num_workers": 2, "test_size": 500}
+
+
+def test_test_data_of_other_classes_is_refused_unless_allowed(runs, tmp_path, caplog):
+    from lficam.evaluate import run_eval as eval_task
+
+    _, (run, _) = runs
+    ckpt = run / "checkpoints" / "last.ckpt"
+    fewer = [f"ckpt_path={ckpt}", "eval.data_overrides={num_classes: 4}", *QUICK_EVAL]
+    cfg = compose_eval(fewer, tmp_path / "refused", run.parent / "data")
+    with caplog.at_level(logging.ERROR, logger="lficam"), pytest.raises(SystemExit) as exit_:
+        eval_task(cfg)
+    assert exit_.value.code == 2
+    assert caplog.messages == [
+        f"{str(ckpt)!r} was trained on {SHAPES} but the test data (ShapesDataModule) has 4 classes (disk, square, "
+        "triangle, star); evaluate on the checkpoint's own data (leave data unset), or pass "
+        "eval.allow_other_data=true to score it on these classes anyway."
+    ]
+    assert not (tmp_path / "refused" / "metrics.json").exists()
+    caplog.clear()
+
+    cfg = compose_eval([*fewer, "eval.allow_other_data=true"], tmp_path / "allowed", run.parent / "data")
+    with caplog.at_level(logging.WARNING, logger="lficam"):
+        report = eval_task(cfg)
+    assert f"Scoring {ckpt} (trained on {SHAPES}) on ShapesDataModule of 4 classes" in caplog.text
+    assert report["num_images"] == 2 and 0 <= report["test"]["acc"] <= 1
+    assert (tmp_path / "allowed" / "metrics.json").is_file()
+
+
+def _image_folder(root, classes):
+    """train/ and val/ with one 16 px image per class."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for i, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (16, 16), (20 * i, 0, 0)).save(root / split / name / "a.png")
+
+
+def test_test_data_of_other_class_names_is_refused(runs, tmp_path, caplog):
+    from lficam.evaluate import run_eval as eval_task
+
+    _, (run, _) = runs
+    ckpt = run / "checkpoints" / "last.ckpt"
+    garments = ["bag", "boot", "coat", "dress", "pullover", "sandal", "shirt", "sneaker", "top", "trouser"]
+    _image_folder(tmp_path / "garments", garments)
+    data = [
+        "+data=image_folder",
+        f"data.root={tmp_path / 'garments'}",
+        "data.image_size=16",
+        "data.num_workers=0",
+    ]
+    cfg = compose_eval([f"ckpt_path={ckpt}", *data, *QUICK_EVAL], tmp_path / "out", tmp_path)
+    with caplog.at_level(logging.ERROR, logger="lficam"), pytest.raises(SystemExit) as exit_:
+        eval_task(cfg)
+    assert exit_.value.code == 2
+    assert caplog.messages == [
+        f"{str(ckpt)!r} was trained on {SHAPES} but the test data (ImageFolderDataModule) has 10 classes (bag, "
+        "boot, coat, dress, …); evaluate on the checkpoint's own data (leave data unset), or pass "
+        "eval.allow_other_data=true to score it on these classes anyway."
+    ]
+    # more classes than the model has outputs: its labels cannot be scored, allowed or not
+    _image_folder(tmp_path / "more", [f"c{i:02d}" for i in range(12)])
+    data[1] = f"data.root={tmp_path / 'more'}"
+    cfg = compose_eval(
+        [f"ckpt_path={ckpt}", *data, *QUICK_EVAL, "eval.allow_other_data=true"], tmp_path / "o2", tmp_path
+    )
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="lficam"), pytest.raises(SystemExit):
+        eval_task(cfg)
+    assert caplog.messages == [
+        "The test data (ImageFolderDataModule) has 12 classes (c00, c01, c02, c03, …), more than the 10 outputs "
+        f"of {str(ckpt)!r}, so its labels cannot be scored even with eval.allow_other_data=true; evaluate on "
+        "data of at most 10 classes."
+    ]

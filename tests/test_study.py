@@ -137,6 +137,40 @@ def test_a_stopped_run_resumes_from_its_last_checkpoint(tmp_path: Path, monkeypa
     assert not launch.trained(_run(), tmp_path)  # retried next time
 
 
+def test_a_copied_study_scores_its_own_checkpoints(tmp_path: Path) -> None:
+    """A summary.json of an older lficam records its best checkpoint as an absolute path: after the study folder
+    was copied, the copy's own file of that name is scored, not the original's (which still exists)."""
+    from lficam.study import attention
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    for folder in (original, copy):
+        (folder / "checkpoints").mkdir(parents=True)
+        for name in ("epoch_002.ckpt", "last.ckpt"):
+            (folder / "checkpoints" / name).write_bytes(b"")
+        best = original / "checkpoints" / "epoch_002.ckpt"
+        (folder / "summary.json").write_text(json.dumps({"best_checkpoint": str(best)}))
+    assert attention.best_checkpoint(copy) == copy / "checkpoints" / "epoch_002.ckpt"
+    (copy / "summary.json").write_text(json.dumps({"best_checkpoint": "checkpoints/epoch_002.ckpt"}))
+    assert attention.best_checkpoint(copy) == copy / "checkpoints" / "epoch_002.ckpt"
+
+
+@pytest.mark.parametrize("key", ["study.runs_dir", "study.docs_dir"])
+def test_a_study_folder_under_a_file_is_one_sentence(key: str, tmp_path: Path, capsys) -> None:
+    from lficam.study.pipeline import main
+
+    (tmp_path / "a_file").write_text("")
+    folder = tmp_path / "a_file" / "study"
+    cfg = compose_study(["study=quick", f"study.runs_dir={tmp_path / 'runs'}"], tmp_path)
+    cfg.study[key.split(".")[1]] = str(folder)
+    with pytest.raises(SystemExit) as exit_:
+        main(cfg)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f"Error: {key}={folder} cannot be a folder the study writes into ({tmp_path / 'a_file'} is a file, not "
+        f"a folder); give a folder you can write with {key}=<folder>.\n"
+    )
+
+
 # --- wording chosen from the numbers -------------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from lficam import cams as cam_methods
 from lficam import metrics as M
 from lficam.data.base import content_config, first_items
 from lficam.errors import UserError
+from lficam.evaluate import best_checkpoint as run_folder_best
 from lficam.loading import load, read_checkpoint
 from lficam.maps import upsample
 from lficam.study.launch import read_json, write_json
@@ -68,12 +69,10 @@ class TestImages:
 
 
 def best_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint chosen on validation (summary.json's best), else the last one."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    best = summary.get("best_checkpoint")
-    if best and Path(best).is_file():
-        return Path(best)
-    return run_dir / "checkpoints" / "last.ckpt"
+    """The checkpoint chosen on validation (summary.json's best), else the last one; always a file of
+    ``run_dir`` itself, as eval.py chooses it (:func:`lficam.evaluate.best_checkpoint`), so a copied study
+    folder scores its own runs."""
+    return run_folder_best(run_dir)
 
 
 def data_config_of(checkpoint: Path) -> dict[str, Any]:

@@ -296,12 +296,30 @@ def _display_order(keys: list[str], models: list[str]) -> list[str]:
     return own + [k for m in models for k in keys if k.startswith(f"{m}/") and k not in own]
 
 
+def writable_folder(key: str, folder: Path) -> None:
+    """Make ``folder`` (the value of config ``key``), or say in one sentence why it cannot be a folder the study
+    writes into."""
+    from lficam.cli import os_error_reason
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", str(folder))
+    except OSError as error:
+        raise UserError(
+            f"{key}={folder} cannot be a folder the study writes into ({os_error_reason(error)}); give a folder "
+            f"you can write with {key}=<folder>."
+        ) from None
+
+
 def run_study(cfg: DictConfig) -> dict[str, Any]:
     """The whole study (see :mod:`lficam.study`); returns what results.json holds."""
     start = time.perf_counter()
     study = cfg.study
     runs_dir, docs_dir = Path(str(study.runs_dir)), Path(str(study.docs_dir))
     runs = plan_runs(study)
+    for key, folder in (("study.runs_dir", runs_dir), ("study.docs_dir", docs_dir)):
+        writable_folder(key, folder)  # before hours of training, not after
     print(f"Study {study.name}: {len(runs)} runs in {runs_dir}; results to {docs_dir}.", flush=True)
     parts: dict[str, float] = {}
 
