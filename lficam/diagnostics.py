@@ -73,8 +73,12 @@ def names_of(value: Sequence[str] | str | None) -> list[str]:
 def localisation_metrics(
     stage: str, num_classes: int, *, extras: bool, mask_iou_threshold: float
 ) -> MetricCollection:
-    """``{stage}/attn/pointing_game`` (per class), and with ``extras`` the energy pointing game and mask IoU."""
-    metrics: dict[str, Any] = {"pointing_game": PointingGame(num_classes)}
+    """``{stage}/attn/pointing_game`` (per class), and with ``extras`` the energy pointing game and mask IoU.
+
+    Images with an empty mask are left out of all three; the pointing game counts them and says how many in
+    one warning when its epoch's value is computed (:func:`lficam.metrics.localisation.report_empty_masks`).
+    """
+    metrics: dict[str, Any] = {"pointing_game": PointingGame(num_classes, stage=stage)}
     if extras:
         metrics["energy_pointing_game"] = EnergyPointingGame()
         metrics["mask_iou"] = MaskIoU(mask_iou_threshold)
@@ -187,6 +191,8 @@ class AttentionDiagnostics(nn.Module):
         if "mask" in batch:
             masks = batch["mask"]
             logged = self.localisation[stage]
+            # the sanity check's few batches are not an epoch: their count of empty masks is not reported
+            logged["pointing_game"].report_empty = not sanity_checking
             logged.update(maps=upsample(maps, masks.shape[-2:]), masks=masks, labels=batch["label"])
         if stage == "val" and not sanity_checking:
             self._update_validation_extras(batch, maps, model, epoch)

@@ -205,3 +205,54 @@ def test_data_module_normalises_caches_and_flips_masks_with_images(tmp_path: Pat
     assert 0 < flips < len(dataset)
     batch = next(iter(data.val_dataloader()))
     assert batch["image"].shape == (8, 3, 64, 64) and batch["mask"].dtype == torch.bool
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"val_garments": 0}, "data.val_garments must be between 2 and 59998 "),
+        ({"val_garments": 60000}, "data.val_garments must be between 2 and 59998 "),
+        ({"val_garments": 0, "distractors": 0}, "data.val_garments must be between 1 and 59999 "),
+        ({"threshold": 300}, "data.threshold is a grey level in 0…254, got 300."),
+        ({"train_size": 0}, "data.train_size must be at least 1, got 0."),
+        ({"distractors": -1}, "data.distractors must be between 0 and 64, got -1."),
+    ],
+    ids=[
+        "val_garments-0",
+        "val_garments-all",
+        "val_garments-0-no-fragments",
+        "threshold",
+        "size",
+        "distractors",
+    ],
+)
+def test_out_of_range_keys_are_named_before_any_file_is_read(tmp_path: Path, options, message) -> None:
+    """No Fashion-MNIST files at all: the key is named before the (missing) files are looked for."""
+    with pytest.raises(UserError) as refused:
+        FashionClutterDataModule(tmp_path / "absent", **options)
+    assert str(refused.value).startswith(message)
+    if "val_garments" in options:
+        assert str(refused.value).endswith(f"got {options['val_garments']}.")
+
+
+def test_val_garments_beyond_a_smaller_training_file_is_named_once_read(tmp_path: Path) -> None:
+    write_fashion(tmp_path, train=40)
+    data = FashionClutterDataModule(tmp_path, train_size=4, val_size=4, test_size=4, val_garments=39)
+    with pytest.raises(
+        UserError, match=r"^data\.val_garments must be between 2 and 38 .* 40 training garments"
+    ):
+        data.setup("fit")
+
+
+def test_val_garments_zero_exits_2_naming_the_key(tmp_path: Path) -> None:
+    from lficam import cli
+
+    argv = ["data=fashion_clutter", "data.val_garments=0", f"data.root={tmp_path / 'absent'}"]
+    assert cli.train([*argv, f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    log = (tmp_path / "run" / "train.log").read_text()
+    errors = [line.split("[ERROR] - ", 1)[1] for line in log.splitlines() if "[ERROR] - " in line]
+    assert len(errors) == 1 and errors[0].startswith(
+        "data.val_garments must be between 2 and 59998 (the garments carved from the 60000 training garments "
+        "for the validation canvases, leaving at least 2 for training), got 0."
+    )
+    assert "Traceback" not in log

@@ -375,6 +375,179 @@ def test_image_folder_trains_with_ground_truth_and_counted_classes(tmp_path: Pat
     summary = train_cli(tmp_path, overrides)
     for key in ("test/acc", *LOCALISATION):
         assert math.isfinite(summary["metrics"][key]), key
-    checkpoint = torch.load(summary["best_checkpoint"], weights_only=True, map_location="cpu")
+    checkpoint = torch.load(
+        Path(summary["run_dir"], summary["best_checkpoint"]), weights_only=True, map_location="cpu"
+    )
     assert checkpoint["hyper_parameters"]["model_config"]["num_classes"] == 2
     assert checkpoint["hyper_parameters"]["data_config"]["num_classes"] == 2
+
+
+# --- symbolic links: each real folder and image once --------------------------------------------------------
+
+
+def write_twelve(root: Path) -> None:
+    """train/ and val/ with six plain PNG images in each of cat/ and dog/ (no ground truth)."""
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(block_image(name)).save(root / split / name / f"{name[0]}{i}.png")
+
+
+def _link_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("Followed ")]
+
+
+def test_a_symlink_loop_lists_every_image_once_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_twelve(tmp_path)
+    (tmp_path / "train" / "cat" / "loop").symlink_to(tmp_path / "train" / "cat")  # back to its own folder
+    with caplog.at_level(logging.WARNING, logger="lficam"):
+        data = ImageFolderDataModule(tmp_path, image_size=16)
+        data.setup("fit")
+    assert len(data.train_set) == 12
+    listed = [str(p) for p, _ in data.train_set.samples]
+    assert not [p for p in listed if "/loop/" in p]
+    assert _link_warnings(caplog) == [
+        f"Followed 1 symbolic link under {tmp_path / 'train'}; 1 folder reached again (a link loop or a second "
+        "path to a folder) was not walked again and 0 files reached by a second path counted once."
+    ]
+
+
+def test_a_symlinked_image_of_a_listed_file_counts_once_and_new_ones_are_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_twelve(tmp_path)
+    cats = tmp_path / "train" / "cat"
+    (cats / "alias.png").symlink_to(cats / "c0.png")  # a second path to a listed image
+    (cats / "a_alias.png").symlink_to(cats / "c1.png")  # sorted before its target: the real path still wins
+    elsewhere = tmp_path / "more_cats"
+    elsewhere.mkdir()
+    Image.fromarray(block_image("cat")).save(elsewhere / "m0.png")
+    (cats / "more").symlink_to(elsewhere)  # a linked folder of new images: followed
+    with caplog.at_level(logging.WARNING, logger="lficam"):
+        data = ImageFolderDataModule(tmp_path, image_size=16)
+        data.setup("fit")
+    listed = [str(p) for p, _ in data.train_set.samples]
+    assert len(listed) == 13 and len(set(listed)) == 13
+    assert str(cats / "c0.png") in listed and str(cats / "c1.png") in listed
+    assert str(cats / "more" / "m0.png") in listed
+    assert not [p for p in listed if "alias" in p]
+    assert [label for _, label in data.train_set.samples].count(0) == 7  # the six cats and the linked one
+    assert _link_warnings(caplog) == [
+        f"Followed 3 symbolic links under {tmp_path / 'train'}; 0 folders reached again (a link loop or a second "
+        "path to a folder) were not walked again and 2 files reached by a second path counted once."
+    ]
+
+
+def test_a_symlink_loop_in_the_mask_folder_is_cut(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_folder(tmp_path)
+    masks = tmp_path / "masks" / "val" / "cat"
+    (masks / "loop").symlink_to(masks)
+    (masks / "c9.png").symlink_to(masks / "c0.png")  # a mask file shared by two stems stays (no c9 image)
+    with caplog.at_level(logging.WARNING, logger="lficam"):
+        data = ImageFolderDataModule(tmp_path, image_size=16, resize_size=16)
+        data.setup("validate")
+    assert [bool(data.val_set[i]["mask"].any()) for i in range(6)] == [True] * 6
+    assert _link_warnings(caplog) == [
+        f"Followed 2 symbolic links under {tmp_path / 'masks' / 'val'}; 1 folder reached again (a link loop or a "
+        "second path to a folder) was not walked again and 0 files reached by a second path counted once."
+    ]
+
+
+# --- lossy masks -------------------------------------------------------------------------------------------
+
+
+def square_mask() -> np.ndarray:
+    """A 32×32 grey mask holding a drawn 15×15 square (225 object pixels) at rows 8…22, columns 9…23."""
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:23, 9:24] = 255
+    return mask
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_jpeg_mask_named_png_is_binarised_at_half_range(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "mask.png"
+    Image.fromarray(square_mask()).convert(mode).save(path, format="JPEG", quality=75)
+    stored = np.asarray(Image.open(path).convert("RGB"))
+    assert int(stored.any(axis=-1).sum()) == 241  # JPEG's ringing: "non-zero is object" counted 16 more
+    mask = read_mask(path, (32, 32), "img.png")
+    assert int(mask.sum()) == 225
+    assert torch.equal(mask, torch.from_numpy(square_mask() > 0))
+
+
+def test_lossy_webp_masks_are_binarised_and_lossless_ones_are_read_as_stored(tmp_path: Path) -> None:
+    from lficam.data.masks import lossy_mask_format
+
+    Image.fromarray(square_mask()).save(tmp_path / "lossy.webp", lossless=False, quality=50)
+    Image.fromarray(square_mask()).save(tmp_path / "lossless.webp", lossless=True)
+    assert lossy_mask_format(tmp_path / "lossy.webp") == "lossy WebP"
+    assert lossy_mask_format(tmp_path / "lossless.webp") is None
+    for name in ("lossy.webp", "lossless.webp"):
+        assert int(read_mask(tmp_path / name, (32, 32), "img.png").sum()) == 225, name
+
+
+def test_lossy_and_unread_mask_files_are_named_in_one_warning_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_folder(tmp_path)
+    masks = tmp_path / "masks" / "val" / "cat"
+    top, bottom, left, right = BLOCKS["cat"]
+    drawn = np.zeros((32, 64), dtype=np.uint8)
+    drawn[top:bottom, left:right] = 255
+    Image.fromarray(drawn).save(masks / "c0.png", format="JPEG")  # JPEG data under a PNG name
+    (masks / "c1.png").unlink()
+    Image.fromarray(drawn).save(masks / "c1.jpg")  # a mask saved as .jpg: read, not skipped
+    (masks / "c2.npy").write_bytes(b"not an image")  # not an image format: named
+    with caplog.at_level(logging.WARNING, logger="lficam"):
+        data = ImageFolderDataModule(tmp_path, image_size=16, resize_size=16)
+        data.setup("validate")
+    messages = [r.getMessage() for r in caplog.records]
+    lossy = [m for m in messages if "lossy data" in m]
+    assert lossy == [
+        "2 masks of the val split hold lossy data (JPEG), read as object where a pixel's value is at least 128 "
+        "of 255 (half range: compression ringing below that is background), not wherever it is non-zero; save "
+        f"masks as PNG to keep them exact: {masks / 'c0.png'}, {masks / 'c1.jpg'}."
+    ]
+    assert [m for m in messages if "not read as masks" in m] == [
+        f"1 file in {tmp_path / 'masks' / 'val'} is not read as masks (masks are images: .png, .bmp, .gif, .tif, "
+        f".tiff, .webp, .jpg, .jpeg): {masks / 'c2.npy'}."
+    ]
+    assert not [m for m in messages if "neither a mask" in m]  # c1 has its mask, as .jpg
+    exact = torch.from_numpy(drawn > 0)
+    for name in ("c0.png", "c1.jpg"):
+        assert torch.equal(read_mask(masks / name, (64, 32), "img.png"), exact), name
+    expected = torch.zeros(16, 16, dtype=torch.bool)
+    expected[2:6, 2:10] = (
+        True  # as the palette PNG mask gives it (test_eval_masks_follow_resize_and_centre_crop)
+    )
+    for i in range(3):
+        assert torch.equal(data.val_set[i]["mask"], expected), i
+
+
+# --- boxes outside the image --------------------------------------------------------------------------------
+
+
+def test_a_box_outside_the_image_is_named_once_and_leaves_the_mask_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lficam.data.boxes as boxes
+
+    monkeypatch.setattr(boxes, "_warned", set())
+    outside = tmp_path / "outside.xml"
+    outside.write_text(voc([("dog", 70, 1, 80, 4)]))  # columns 70…80 of a 64 px wide image
+    partly = tmp_path / "partly.xml"
+    partly.write_text(voc([("dog", 1, 1, 2, 2), ("dog", 3, 40, 5, 50)]))  # the second below the 32 rows
+    with caplog.at_level(logging.WARNING, logger="lficam"):
+        assert not read_box_mask(outside, "dog", (64, 32), "x.jpg").any()
+        assert not read_box_mask(outside, "dog", (64, 32), "x.jpg").any()  # read again: said once
+        assert int(read_box_mask(partly, "dog", (64, 32), "y.jpg").sum()) == 4
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Box file {str(outside)!r}: 1 of the 1 box it gives 'x.jpg' lies entirely outside that 64×32 image "
+        "(dog (70, 1)–(80, 4)) and adds nothing to its mask: the image has no object, and the localisation "
+        "metrics leave it out; check the coordinates (VOC's are 1-based pixels of the image).",
+        f"Box file {str(partly)!r}: 1 of the 2 boxes it gives 'y.jpg' lies entirely outside that 64×32 image "
+        "(dog (3, 40)–(5, 50)) and adds nothing to its mask; check the coordinates (VOC's are 1-based pixels "
+        "of the image).",
+    ]

@@ -132,3 +132,78 @@ def test_pointing_game_class_averages_per_class():
     metric = PointingGame(num_classes=2, tolerance_at_224=56)  # 56 · 4 / 224 = 1 px
     metric.update(maps, masks, torch.tensor([0, 0, 1]))
     assert metric.compute().item() == pytest.approx(0.75)
+
+
+# Images without an object: counted in one warning where the localisation metrics are aggregated
+
+
+@pytest.fixture
+def fresh_reports(monkeypatch):
+    """An empty record of the empty-mask warnings already given (they are given once per process)."""
+    import lficam.metrics.localisation as localisation
+
+    monkeypatch.setattr(localisation, "_reported", set())
+
+
+def _empty_mask_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "have an empty mask" in r.getMessage()]
+
+
+def _with_empty(count: int, total: int) -> torch.Tensor:
+    """``total`` masks of rows 3, the first ``count`` of them all-zero."""
+    masks = torch.cat([rows(3)] * total)
+    masks[:count] = False
+    return masks
+
+
+def test_pointing_game_counts_the_images_it_leaves_out_in_one_warning(caplog, fresh_reports):
+    import logging
+
+    metric = PointingGame(num_classes=2, stage="val")
+    with caplog.at_level(logging.WARNING, logger="lficam"):
+        metric.update(torch.cat([ramp()] * 5), _with_empty(2, 5), torch.tensor([0, 1, 0, 1, 0]))
+        metric.update(torch.cat([ramp()] * 3), _with_empty(1, 3), torch.tensor([1, 1, 0]))
+        assert metric.compute().item() == pytest.approx(1.0)  # the five images with an object: all hits
+        metric.compute()  # the next epoch's same count: not said again
+    assert _empty_mask_warnings(caplog) == [
+        "3 of the 8 val images scored by the localisation metrics have an empty mask (no object: an all-zero "
+        "mask file, boxes outside the image, or no mask or box file) and were left out of the pointing game, "
+        "energy pointing game and mask IoU."
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lficam"):
+        quiet = PointingGame(num_classes=2)  # no stage: a caller that reports by itself
+        quiet.update(ramp(), torch.zeros(1, 4, 4, dtype=torch.bool), torch.tensor([0]))
+        assert math.isnan(quiet.compute().item())
+        alone = PointingGame(num_classes=2, stage="test")
+        alone.update(ramp(), torch.zeros(1, 4, 4, dtype=torch.bool), torch.tensor([0]))
+        assert math.isnan(alone.compute().item())
+    assert _empty_mask_warnings(caplog) == [
+        "1 of the 1 test images scored by the localisation metrics have an empty mask (no object: an all-zero "
+        "mask file, boxes outside the image, or no mask or box file) and were left out of the pointing game, "
+        "energy pointing game and mask IoU; every image was, so these metrics are NaN."
+    ]
+
+
+def test_training_diagnostics_warn_with_the_count_of_images_without_an_object(caplog, fresh_reports):
+    import logging
+
+    from lficam.diagnostics import AttentionDiagnostics
+
+    diagnostics = AttentionDiagnostics(2, input_stability=(), stability_probe_size=0)
+    batch = {
+        "image": torch.zeros(6, 3, 4, 4),
+        "label": torch.tensor([0, 1, 0, 1, 0, 1]),
+        "mask": _with_empty(4, 6),
+    }
+    maps = torch.cat([ramp()] * 6)
+    with caplog.at_level(logging.WARNING, logger="lficam"):
+        # Lightning's sanity check: two batches, not the epoch, so its count is not reported
+        logged = diagnostics.update("val", batch, maps, lambda x: None, epoch=0, sanity_checking=True)
+        logged.compute()
+        assert _empty_mask_warnings(caplog) == []
+        diagnostics.reset("val")
+        logged = diagnostics.update("test", batch, maps, lambda x: None, epoch=0)
+        values = {name: metric.compute() for name, metric in logged.items()}
+    assert values["test/attn/pointing_game"].item() == pytest.approx(1.0)
+    assert [m.split(" images ")[0] for m in _empty_mask_warnings(caplog)] == ["4 of the 6 test"]

@@ -6,13 +6,15 @@ the file is fetched; a file over ``MAX_BYTES`` is refused unread.
 
 Box rule: VOC coordinates are 1-based and inclusive, so ``<xmin>1</xmin><xmax>3</xmax>`` covers the first
 three columns; fractional coordinates (some tools write them) are rounded to the nearest pixel (halves up), and boxes
-are clipped to the image. The mask of an image in class folder c is the union of the boxes whose ``<name>``
+are clipped to the image; a box that lies entirely outside the image is named in a warning (once per file and
+process) and adds nothing. The mask of an image in class folder c is the union of the boxes whose ``<name>``
 is c (compared without case or surrounding spaces), or the union of all its boxes when none is; a file
 with no box gives an empty mask (no ground truth for that image).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,12 @@ from torch import Tensor
 
 from lficam.errors import UserError
 
+log = logging.getLogger("lficam")
+
 MAX_BYTES = 1 << 22  # 4 MiB: a VOC file with thousands of boxes is a few hundred kB
+# box files remembered as warned about: past that many the warning may repeat, but memory stays bounded
+_WARNED_MAX = 10_000
+_warned: set[str] = set()  # per process: a data-loader worker warns once per file too
 
 
 @dataclass
@@ -155,15 +162,65 @@ def _nearest(value: float) -> int:
     return math.floor(value + 0.5)
 
 
+def _clipped(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) pixel bounds of a box, 0-based and exclusive, clipped to the image; empty
+    (left ≥ right or top ≥ bottom) for a box that lies outside it."""
+    left, right = max(_nearest(box.xmin) - 1, 0), min(_nearest(box.xmax), width)
+    top, bottom = max(_nearest(box.ymin) - 1, 0), min(_nearest(box.ymax), height)
+    return left, right, top, bottom
+
+
+def outside_boxes(boxes: list[Box], width: int, height: int) -> list[int]:
+    """The positions of the boxes that clipping to the image leaves empty: they lie entirely outside it."""
+    empty = []
+    for number, box in enumerate(boxes):
+        left, right, top, bottom = _clipped(box, width, height)
+        if not (left < right and top < bottom):
+            empty.append(number)
+    return empty
+
+
 def boxes_to_mask(boxes: list[Box], width: int, height: int) -> Tensor:
     """H×W booleans: the union of the boxes, 1-based inclusive VOC coordinates rounded and clipped."""
     mask = torch.zeros(height, width, dtype=torch.bool)
     for box in boxes:
-        left, right = max(_nearest(box.xmin) - 1, 0), min(_nearest(box.xmax), width)
-        top, bottom = max(_nearest(box.ymin) - 1, 0), min(_nearest(box.ymax), height)
+        left, right, top, bottom = _clipped(box, width, height)
         if left < right and top < bottom:
             mask[top:bottom, left:right] = True
     return mask
+
+
+def _warn_outside(
+    path: Path, boxes: list[Box], outside: list[int], size: tuple[int, int], image: str
+) -> None:
+    """Once per file and process: which boxes of ``path`` lie outside the image, and what that leaves."""
+    if str(path) in _warned:
+        return
+    if len(_warned) < _WARNED_MAX:
+        _warned.add(str(path))
+    one = len(outside) == 1
+    shown = ", ".join(
+        f"{boxes[i].name or 'unnamed'} ({boxes[i].xmin:g}, {boxes[i].ymin:g})–({boxes[i].xmax:g}, {boxes[i].ymax:g})"
+        for i in outside[:3]
+    )
+    log.warning(
+        "Box file %r: %d of the %d box%s it gives %s %s entirely outside that %d×%d image (%s%s) and %s nothing "
+        "to its mask%s; check the coordinates (VOC's are 1-based pixels of the image).",
+        str(path),
+        len(outside),
+        len(boxes),
+        "" if len(boxes) == 1 else "es",
+        image,
+        "lies" if one else "lie",
+        size[0],
+        size[1],
+        shown,
+        " …" if len(outside) > 3 else "",
+        "adds" if one else "add",
+        ": the image has no object, and the localisation metrics leave it out"
+        if len(outside) == len(boxes)
+        else "",
+    )
 
 
 def read_box_mask(path: str | Path, class_name: str, size: tuple[int, int], image_path: str | Path) -> Tensor:
@@ -174,4 +231,8 @@ def read_box_mask(path: str | Path, class_name: str, size: tuple[int, int], imag
             Path(path),
             f"it describes a {stated[0]}×{stated[1]} image but {str(image_path)!r} is {size[0]}×{size[1]}",
         )
-    return boxes_to_mask(chosen_boxes(boxes, class_name), *size)
+    chosen = chosen_boxes(boxes, class_name)
+    outside = outside_boxes(chosen, *size)
+    if outside:
+        _warn_outside(Path(path), chosen, outside, tuple(size), repr(str(image_path)))
+    return boxes_to_mask(chosen, *size)

@@ -40,10 +40,12 @@ from torch import Tensor
 from lficam.data.base import ClassificationDataModule
 from lficam.data.fashion_mnist import (
     FASHION_CLASSES,
+    SIZES,
     Garments,
     _triple,
+    carve,
     fingerprint,
-    garment_splits,
+    load_garments,
     locate,
 )
 from lficam.data.grey import normalisation
@@ -88,6 +90,24 @@ class ClutterConfig:
         fraction_range("fragment_crop", 0, 1, 0.5)  # at most half the frame's side: never a whole garment
         if not 0 <= self.noise <= 1:
             raise UserError(f"data.noise must be between 0 and 1, got {self.noise}.")
+
+
+def garments_needed(distractors: int) -> int:
+    """The fewest garments a split's canvases can be drawn from: the labelled one, plus another for the
+    fragments when there are any."""
+    return 2 if distractors else 1
+
+
+def check_val_garments(val_garments: int, distractors: int, training_garments: int) -> None:
+    """Refuse a ``data.val_garments`` that leaves the validation or the training canvases too few garments
+    (of the ``training_garments`` in Fashion-MNIST's training files, which both are carved from)."""
+    need = garments_needed(distractors)
+    if not need <= val_garments <= training_garments - need:
+        raise UserError(
+            f"data.val_garments must be between {need} and {training_garments - need} (the garments carved "
+            f"from the {training_garments} training garments for the validation canvases, leaving at least "
+            f"{need} for training), got {val_garments}."
+        )
 
 
 def _side(u: Tensor, bounds: tuple[float, float], full: int) -> Tensor:
@@ -138,8 +158,12 @@ def layout(
     """
     if split not in SPLIT_IDS:
         raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
-    if config.distractors and len(garments) < 2:
-        raise UserError(f"The {split} split has {len(garments)} garment; fragments need at least 2.")
+    need = garments_needed(config.distractors)
+    if len(garments) < need:
+        raise UserError(
+            f"The {split} split has {len(garments)} garments; its canvases need at least {need} "
+            f"({'fragments are cut from another garment than the labelled one' if need > 1 else 'the labelled one'})."
+        )
     u = _draws(indices, split, config)[0] if uniforms is None else uniforms
     size, n = config.image_size, len(garments)
     garment = (u[:, 0] * n).floor().long().clamp_max(n - 1)
@@ -303,6 +327,11 @@ class FashionClutterDataModule(ClassificationDataModule):
             if count < 1:
                 raise UserError(f"data.{split}_size must be at least 1, got {count}.")
         self.root, self.val_garments, self.threshold = root, int(val_garments), int(threshold)
+        # before any file is read: Fashion-MNIST's training files hold SIZES["train"] garments (a smaller
+        # copy is checked again once read)
+        check_val_garments(self.val_garments, self.config.distractors, SIZES["train"])
+        if not 0 <= self.threshold <= 254:
+            raise UserError(f"data.threshold is a grey level in 0…254, got {self.threshold}.")
         self.augment = augment
         self.augment_seed = self.shuffle_seed if augment_seed is None else int(augment_seed)
         self.cache_dir = cache_dir
@@ -332,9 +361,7 @@ class FashionClutterDataModule(ClassificationDataModule):
         cached = load_splits(path, self.config.image_size)
         if cached is not None:
             return cached
-        garments = garment_splits(
-            self.root, val_size=self.val_garments, seed=self.config.seed, threshold=self.threshold
-        )
+        garments = self.garments()
         splits = {}
         for split in SPLIT_IDS:
             parts = [
@@ -344,6 +371,17 @@ class FashionClutterDataModule(ClassificationDataModule):
             splits[split] = tuple(torch.cat(p) for p in zip(*parts))
         save_splits(path, splits)
         return splits
+
+    def garments(self) -> dict[str, Garments]:
+        """Train, val (``val_garments`` carved from the training files by ``seed``) and test garments."""
+        loaded = load_garments(self.root, self.threshold)
+        check_val_garments(self.val_garments, self.config.distractors, len(loaded["train"]))
+        train, val = carve(len(loaded["train"]), self.val_garments, self.config.seed)
+        return {
+            "train": loaded["train"].take(train),
+            "val": loaded["train"].take(val),
+            "test": loaded["test"],
+        }
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -5,8 +5,15 @@ Layout (``root`` = ``data.root``)::
     root/train/<class>/<name>.jpg      images (JPEG, PNG, BMP, WebP, TIFF, GIF; grey, palette, RGBA → RGB)
     root/val/<class>/…                 validation images (same class names as train/)
     root/test/<class>/…                optional; without it, test = val
-    root/masks/<split>/<class>/<stem>.png    optional object masks: non-zero = object (lficam.data.masks)
+    root/masks/<split>/<class>/<stem>.png    optional object masks: non-zero = object (lficam.data.masks);
+                                             any image format is read (PNG first), lossy ones (JPEG, lossy
+                                             WebP) as object at ≥ 128 of 255, with one warning per split
     root/boxes/<split>/<class>/<stem>.xml    optional Pascal VOC boxes (lficam.data.boxes)
+
+Symbolic links are followed, but every real folder is walked once and every real image listed once (by device
+and inode): a link back up the tree (a loop) or a second path to a folder or an image adds nothing, and one
+warning per split says how many links were followed and what was cut. Files in the mask folder that are not
+images are named in a warning.
 
 Ground truth: a split has it when any of its images has a mask or a box file (a mask wins over a box file
 for the same image). Its batches then carry ``mask`` and every localisation metric runs; an image of that
@@ -31,6 +38,7 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +51,7 @@ from torchvision.transforms import v2
 from lficam.data.base import ClassificationDataModule
 from lficam.data.boxes import read_box_mask
 from lficam.data.decode import BadImageError, decode_rgb, looks_complete
-from lficam.data.masks import read_mask
+from lficam.data.masks import lossy_mask_format, read_mask
 from lficam.data.seeding import EpochSeededDataset
 from lficam.errors import UserError
 
@@ -52,6 +60,8 @@ log = logging.getLogger("lficam")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+#: the mask formats read, in the order a stem with several mask files is resolved: lossless ones first
+MASK_EXTENSIONS = (".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".jpg", ".jpeg")
 NO_TRUTH, MASK_FILE, BOX_FILE = 0, 1, 2
 _SHOWN = 5  # paths named in a warning
 
@@ -94,15 +104,136 @@ class SampleTable:
         return SampleTable([str(self.path(i)) for i in indices], self.labels[indices].tolist())
 
 
-def _files_under(directory: Path, extensions: tuple[str, ...]) -> list[str]:
-    """Every file below ``directory`` with one of the extensions (any case), sorted, hidden ones left out."""
-    found = []
-    for folder, subfolders, files in os.walk(directory, followlinks=True):
-        subfolders[:] = [s for s in subfolders if not s.startswith(".")]
-        found += [
-            os.path.join(folder, f) for f in files if not f.startswith(".") and f.lower().endswith(extensions)
-        ]
-    return sorted(found)
+@dataclass
+class LinkCounts:
+    """What symbolic links (and hard links) did during folder walks: links followed, folders reached a
+    second time (a link loop, or two paths to one folder) that were not walked again, and files reached by a
+    second path that were listed once."""
+
+    followed: int = 0
+    folders_cut: int = 0
+    files_once: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.followed or self.folders_cut or self.files_once)
+
+    def warn(self, where: Path | str) -> None:
+        """One warning for the walks under ``where``, when links were followed or anything was cut."""
+        if self:
+            log.warning(
+                "Followed %d symbolic link%s under %s; %d folder%s reached again (a link loop or a second path "
+                "to a folder) %s not walked again and %d file%s reached by a second path counted once.",
+                self.followed,
+                "" if self.followed == 1 else "s",
+                where,
+                self.folders_cut,
+                "" if self.folders_cut == 1 else "s",
+                "was" if self.folders_cut == 1 else "were",
+                self.files_once,
+                "" if self.files_once == 1 else "s",
+            )
+
+
+Identity = tuple[int, int]  # (st_dev, st_ino): one real file or folder, whatever the path to it
+
+
+def _identity(path: str) -> Identity | None:
+    """(device, inode) of what ``path`` leads to, links followed; None when it leads nowhere (a broken link)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _files_under(
+    directory: Path,
+    extensions: tuple[str, ...] | None,
+    *,
+    unique_files: bool = True,
+    counts: LinkCounts | None = None,
+) -> list[str]:
+    """Every file below ``directory`` with one of the extensions (any case; None: any file), sorted, hidden
+    ones left out.
+
+    Symbolic links are followed, each real folder walked once (by device and inode), so a link loop ends.
+    With ``unique_files`` each real file is listed once too, under the path that reaches it through the
+    fewest links (then the first in sorted order); mask and box folders keep every path (two images may
+    share one mask file). ``counts`` adds up what the links did. A file reached without a link costs no
+    system call beyond the folder listing (its inode comes with the listing).
+    """
+    counts = counts if counts is not None else LinkCounts()
+    seen = {_identity(str(directory))}
+    candidates: list[tuple[int, str, Identity | None]] = []  # (links on the way, path, identity)
+    trees = [(str(directory), 0)]
+    while trees:
+        top, depth = trees.pop(0)
+        for path, linked in _walk_tree(top, extensions, seen, candidates, depth, counts):
+            identity = _identity(path)
+            if identity is None:  # a broken link: nothing to walk
+                continue
+            counts.followed += 1
+            if identity in seen:
+                counts.folders_cut += 1
+                continue
+            seen.add(identity)
+            trees.append((path, depth + linked))
+    if not unique_files:
+        return sorted(path for _, path, _ in candidates)
+    kept, listed = [], set()
+    for _, path, identity in sorted(candidates):
+        if identity is not None and identity in listed:  # a link to a listed file, or a hard link
+            counts.files_once += 1
+            continue
+        listed.add(identity)
+        kept.append(path)
+    return sorted(kept)
+
+
+def _walk_tree(
+    top: str,
+    extensions: tuple[str, ...] | None,
+    seen: set[Identity | None],
+    found: list[tuple[int, str, Identity | None]],
+    depth: int,
+    counts: LinkCounts,
+) -> list[tuple[str, int]]:
+    """Add to ``found`` the wanted files below ``top`` (reached through ``depth`` links), links to files
+    included (one link more, their identity from ``stat``); return the links to folders met on the way, for
+    the caller to follow once every folder here is listed. A broken link to a file stays, for the decoder to
+    name."""
+    linked_folders: list[tuple[str, int]] = []
+    pending = [top]
+    while pending:
+        folder = pending.pop()
+        try:  # an unreadable folder is left out, as os.walk does
+            device = os.stat(folder).st_dev
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            link = entry.is_symlink()
+            if entry.is_dir():  # follows a link: a link to a folder is a folder here
+                if link:
+                    linked_folders.append((entry.path, 1))
+                    continue
+                identity = _identity(entry.path)  # a mount point's device is not its parent's
+                if identity in seen:  # a bind mount, or a folder a link led to before: listed already
+                    counts.folders_cut += 1
+                    continue
+                seen.add(identity)
+                pending.append(entry.path)
+            elif extensions is None or entry.name.lower().endswith(extensions):
+                if link:
+                    identity = _identity(entry.path)
+                    counts.followed += identity is not None
+                    found.append((depth + 1, entry.path, identity))
+                else:
+                    found.append((depth, entry.path, (device, entry.inode())))
+    return linked_folders
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -124,11 +255,12 @@ def find_images(folder: Path, classes: list[str] | None = None) -> tuple[SampleT
             "use the class names of train/."
         )
     paths, labels = [], []
+    links = LinkCounts()
     for label, name in enumerate(classes):
         directory = folder / name
         if not directory.is_dir():
             continue
-        files = _files_under(directory, EXTENSIONS)
+        files = _files_under(directory, EXTENSIONS, counts=links)
         if not files:
             raise UserError(
                 f"Class folder {str(directory)!r} holds no images ({', '.join(EXTENSIONS)}); add images or "
@@ -136,25 +268,101 @@ def find_images(folder: Path, classes: list[str] | None = None) -> tuple[SampleT
             )
         paths += files
         labels += [label] * len(files)
+    links.warn(folder)
     return SampleTable(paths, labels), classes
 
 
-def ground_truth_kinds(samples: SampleTable, split_folder: Path, masks: Path, boxes: Path) -> np.ndarray:
-    """For each sample: MASK_FILE, BOX_FILE or NO_TRUTH, from one listing of the mask and box folders."""
+@dataclass
+class GroundTruth:
+    """Per sample, as flat arrays: ``kinds`` (NO_TRUTH, MASK_FILE, BOX_FILE) and ``mask_suffixes`` (the
+    index in ``suffix_names`` of its mask file's extension, as spelt on disk: ".png", ".PNG", ".jpg" …)."""
 
-    def stems(root: Path, extension: str) -> set[str]:
+    kinds: np.ndarray
+    mask_suffixes: np.ndarray
+    suffix_names: tuple[str, ...] = (".png",)
+
+
+def ground_truth_kinds(samples: SampleTable, split_folder: Path, masks: Path, boxes: Path) -> GroundTruth:
+    """Each sample's ground truth, from one listing of the mask and box folders (links followed, loops cut,
+    one warning each when links were followed); files in the mask folder that are not images of
+    MASK_EXTENSIONS are named in a warning, not skipped without a word."""
+
+    def listing(root: Path) -> list[str]:
         if not root.is_dir():
-            return set()
-        return {os.path.relpath(f, root)[: -len(extension)] for f in _files_under(root, (extension,))}
+            return []
+        links = LinkCounts()
+        files = _files_under(root, None, unique_files=False, counts=links)
+        links.warn(root)
+        return files
 
-    with_mask, with_box = stems(masks, ".png"), stems(boxes, ".xml")
+    mask_files, box_files = listing(masks), listing(boxes)
+    with_mask: dict[str, str] = {}  # stem → its mask file's suffix, the first in MASK_EXTENSIONS it has
+    other = []
+    for path in mask_files:
+        stem, suffix = os.path.splitext(os.path.relpath(path, masks))
+        if suffix.lower() not in MASK_EXTENSIONS:
+            other.append(path)
+        elif stem not in with_mask or _preference(suffix) < _preference(with_mask[stem]):
+            with_mask[stem] = suffix
+    if other:
+        log.warning(
+            "%d file%s in %s %s not read as masks (masks are images: %s): %s%s.",
+            len(other),
+            "" if len(other) == 1 else "s",
+            masks,
+            "is" if len(other) == 1 else "are",
+            ", ".join(MASK_EXTENSIONS),
+            ", ".join(other[:_SHOWN]),
+            " …" if len(other) > _SHOWN else "",
+        )
+    with_box = {os.path.relpath(f, boxes)[:-4] for f in box_files if f.lower().endswith(".xml")}
     kinds = np.zeros(len(samples), dtype=np.int8)
+    suffixes = np.zeros(len(samples), dtype=np.int8)
     if not with_mask and not with_box:
-        return kinds
+        return GroundTruth(kinds, suffixes)
+    names = tuple(sorted(set(with_mask.values()))) or (".png",)
+    number = {name: i for i, name in enumerate(names)}
     for i in range(len(samples)):
         relative = os.path.splitext(os.path.relpath(samples.path(i), split_folder))[0]
-        kinds[i] = MASK_FILE if relative in with_mask else (BOX_FILE if relative in with_box else NO_TRUTH)
-    return kinds
+        if relative in with_mask:
+            kinds[i], suffixes[i] = MASK_FILE, number[with_mask[relative]]
+        elif relative in with_box:
+            kinds[i] = BOX_FILE
+    return GroundTruth(kinds, suffixes, names)
+
+
+def _preference(suffix: str) -> int:
+    """Which of a stem's mask files is read: the one whose extension comes first in MASK_EXTENSIONS."""
+    return MASK_EXTENSIONS.index(suffix.lower())
+
+
+def mask_path(masks: Path, split_folder: Path, image: Path, suffix: str) -> Path:
+    """The mask file of ``image`` (a path under ``split_folder``): its stem with ``suffix``, under ``masks``."""
+    relative = image.relative_to(split_folder)
+    return masks / relative.parent / (relative.stem + suffix)
+
+
+def warn_lossy_masks(paths: list[Path], split: str, workers: int = 8) -> None:
+    """One warning naming the masks (count and the first few) whose data is lossy, whatever their names
+    say: :func:`~lficam.data.masks.read_mask` reads them as object at ≥ 128 of 255, not at any non-zero
+    value, since compression ringing around the object's edge is not object."""
+    # a few bytes of each file: threads overlap the waits
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        formats = list(pool.map(lossy_mask_format, paths, chunksize=256))
+    lossy = [(p, f) for p, f in zip(paths, formats, strict=True) if f]
+    if lossy:
+        log.warning(
+            "%d mask%s of the %s split %s lossy data (%s), read as object where a pixel's value is at least "
+            "128 of 255 (half range: compression ringing below that is background), not wherever it is "
+            "non-zero; save masks as PNG to keep them exact: %s%s.",
+            len(lossy),
+            "" if len(lossy) == 1 else "s",
+            split,
+            "holds" if len(lossy) == 1 else "hold",
+            ", ".join(sorted({f for _, f in lossy})),
+            ", ".join(str(p) for p, _ in lossy[:_SHOWN]),
+            " …" if len(lossy) > _SHOWN else "",
+        )
 
 
 class ImageFileDataset(EpochSeededDataset):
@@ -176,6 +384,8 @@ class ImageFileDataset(EpochSeededDataset):
         random: bool = False,
         split_folder: Path | None = None,
         kinds: np.ndarray | None = None,
+        mask_suffixes: np.ndarray | None = None,
+        mask_suffix_names: tuple[str, ...] = (".png",),
         masks_folder: Path | None = None,
         boxes_folder: Path | None = None,
         class_names: list[str] | None = None,
@@ -184,6 +394,8 @@ class ImageFileDataset(EpochSeededDataset):
         super().__init__(seed=seed, augment=random)
         self.samples, self.transform = samples, transform
         self.split_folder, self.kinds = split_folder, kinds
+        self.mask_suffixes = mask_suffixes if mask_suffixes is not None else np.zeros(len(samples), np.int8)
+        self.mask_suffix_names = mask_suffix_names
         self.masks_folder, self.boxes_folder = masks_folder, boxes_folder
         self.class_names = class_names or []
         self.skip_bad = skip_bad
@@ -205,9 +417,10 @@ class ImageFileDataset(EpochSeededDataset):
         kind = int(self.kinds[index])
         if kind == NO_TRUTH:
             return torch.zeros(size[1], size[0], dtype=torch.bool)
-        relative = path.relative_to(self.split_folder).with_suffix(".png" if kind == MASK_FILE else ".xml")
         if kind == MASK_FILE:
-            return read_mask(self.masks_folder / relative, size, path)
+            suffix = self.mask_suffix_names[int(self.mask_suffixes[index])]
+            return read_mask(mask_path(self.masks_folder, self.split_folder, path, suffix), size, path)
+        relative = path.relative_to(self.split_folder).with_suffix(".xml")
         return read_box_mask(self.boxes_folder / relative, self.class_names[label], size, path)
 
     def load(self, index: int) -> dict[str, Tensor]:
@@ -383,8 +596,17 @@ class ImageFolderDataModule(ClassificationDataModule):
             samples = drop_unreadable(samples, split)
         name = folder.name
         masks, boxes = self.masks_root / name, self.boxes_root / name
-        kinds = ground_truth_kinds(samples, folder, masks, boxes)
+        truth = ground_truth_kinds(samples, folder, masks, boxes)
+        kinds = truth.kinds
         if kinds.any():
+            with_mask = np.flatnonzero(kinds == MASK_FILE)
+            warn_lossy_masks(
+                [
+                    mask_path(masks, folder, samples.path(i), truth.suffix_names[truth.mask_suffixes[i]])
+                    for i in with_mask
+                ],
+                split,
+            )
             missing = np.flatnonzero(kinds == NO_TRUTH)
             if len(missing):
                 shown = ", ".join(str(samples.path(i)) for i in missing[:_SHOWN])
@@ -406,6 +628,8 @@ class ImageFolderDataModule(ClassificationDataModule):
             random=train and self.augment,
             split_folder=folder,
             kinds=kinds if kinds.any() else None,
+            mask_suffixes=truth.mask_suffixes,
+            mask_suffix_names=truth.suffix_names,
             masks_folder=masks,
             boxes_folder=boxes,
             class_names=self.classes(),

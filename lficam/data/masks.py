@@ -11,6 +11,7 @@ the usual pairing (Rosenfeld 1970), so a diagonal gap in an outline does not ope
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -23,6 +24,10 @@ from lficam.errors import UserError
 #: the scans holds faint speckle up to about 20 that must not count.
 SILHOUETTE_THRESHOLD = 25
 _CHUNK = 4096
+#: A lossy mask's pixel is object from this value on (of 255): half range. JPEG's ringing around a drawn
+#: edge leaves small non-zero values in the background, which "non-zero is object" would count.
+LOSSY_THRESHOLD = 128
+_WEBP_CHUNKS = 64  # chunks looked at for the image data's kind: a WebP file has a handful before it
 
 
 def fill_holes(masks: Tensor) -> Tensor:
@@ -78,23 +83,85 @@ def silhouettes(images: Tensor, threshold: int = SILHOUETTE_THRESHOLD) -> Tensor
     return fill_holes(images > threshold)
 
 
+def _webp_is_lossy(file: BinaryIO, end: int) -> bool | None:
+    """Whether the WebP chunks from the file's position to ``end`` hold lossy ("VP8 ") or lossless ("VP8L")
+    image data; None when neither comes first. An animation's first frame (ANMF) is looked into."""
+    for _ in range(_WEBP_CHUNKS):
+        start = file.tell()
+        header = file.read(8)
+        if len(header) < 8 or start + 8 > end:
+            return None
+        kind, size = header[:4], int.from_bytes(header[4:], "little")
+        if kind in (b"VP8 ", b"VP8L"):
+            return kind == b"VP8 "
+        if kind == b"ANMF":  # 16 bytes of frame geometry, then the frame's own chunks
+            file.seek(start + 8 + 16)
+            return _webp_is_lossy(file, start + 8 + size)
+        file.seek(start + 8 + size + (size & 1))  # chunks are padded to an even length
+    return None
+
+
+def lossy_format(file: BinaryIO) -> str | None:
+    """The lossy kind of data in the open ``file`` ("JPEG", "lossy WebP" or "JPEG-compressed TIFF"), from its
+    bytes whatever its name says; None for lossless data (PNG, BMP, GIF, lossless WebP, other TIFFs) and for
+    anything else. Leaves the file at its start."""
+    file.seek(0)
+    head = file.read(12)
+    try:
+        if head.startswith(b"\xff\xd8\xff"):
+            return "JPEG"
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            return "lossy WebP" if _webp_is_lossy(file, 8 + int.from_bytes(head[4:8], "little")) else None
+        if head[:4] in (b"II*\x00", b"MM\x00*"):
+            file.seek(0)
+            with Image.open(file) as image:  # the header only: nothing is decoded
+                compression = image.info.get("compression")
+            return "JPEG-compressed TIFF" if compression in ("jpeg", "tiff_jpeg") else None
+        return None
+    except Exception:  # a damaged file is not lossy data; read_mask names it when it cannot be read
+        return None
+    finally:
+        file.seek(0)
+
+
+def lossy_mask_format(path: Path | str) -> str | None:
+    """:func:`lossy_format` of the file at ``path`` (None when it cannot be opened)."""
+    try:
+        with open(path, "rb") as file:
+            return lossy_format(file)
+    except OSError:
+        return None
+
+
+def _object_pixels(file: Image.Image, threshold: int | None) -> np.ndarray:
+    """H×W booleans: the stored values that mark the object are non-zero (``threshold`` None) or at least
+    ``threshold``."""
+    if file.mode in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "F"):
+        values = np.asarray(file)
+    elif file.mode in ("LA", "La", "PA"):
+        values = np.asarray(file)[..., 0]
+    else:  # colour: any of R, G, B
+        values = np.asarray(file.convert("RGB"))
+    marked = values != 0 if threshold is None else values >= threshold
+    return marked if marked.ndim == 2 else marked.any(axis=-1)
+
+
 def read_mask(path: Path, size: tuple[int, int], image_path: Path | str) -> Tensor:
-    """H×W booleans of a mask image: a pixel is object when its stored value is non-zero.
+    """H×W booleans of a mask image: a pixel is object when its stored value is non-zero, or, for lossy data
+    (:func:`lossy_format`: JPEG, lossy WebP, whatever the file's name), at least ``LOSSY_THRESHOLD`` (128 of
+    255), so that compression ringing around the object's edge is not object.
 
     The stored value is the palette index for palette PNGs (Pascal VOC's class masks: 0 is background),
     the grey value for grey ones, any of R, G, B for colour ones (alpha is ignored). ``size`` is the image's
     (width, height): a mask of another size is refused, it could not be aligned.
     """
     try:
-        with Image.open(path) as file:
-            file.load()
-            if file.mode in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "F"):
-                values = np.asarray(file) != 0
-            elif file.mode in ("LA", "La", "PA"):
-                values = np.asarray(file)[..., 0] != 0
-            else:
-                values = np.asarray(file.convert("RGB")).any(axis=-1)
-            found = file.size
+        with open(path, "rb") as raw:
+            threshold = LOSSY_THRESHOLD if lossy_format(raw) else None
+            with Image.open(raw) as file:
+                file.load()
+                values = _object_pixels(file, threshold)
+                found = file.size
     except Exception as error:  # Pillow raises assorted types on malformed files: all mean "unreadable"
         raise UserError(
             f"Cannot read mask {str(path)!r} ({type(error).__name__}: {str(error)[:120]}); "

@@ -2,10 +2,14 @@
 
 Maps and masks are B×H×W at the same (image) size; each function returns one value per image (a 1-D
 tensor of length B) and NaN where the value is undefined, so that the mean over images is the paper's
-number and undefined images are left out, never counted as hits.
+number and undefined images are left out, never counted as hits. Images with an empty mask (no object) are
+left out by every localisation metric; :class:`PointingGame` counts them and, given the stage it scores, says
+how many in one warning (:func:`report_empty_masks`).
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import Tensor
@@ -14,6 +18,34 @@ from torchmetrics import Metric
 from lficam.errors import UserError
 from lficam.maps import is_flat, minmax
 from lficam.metrics._common import PerImageMean
+
+log = logging.getLogger("lficam")
+_REPORTED_MAX = (
+    1000  # (stage, count, total) triples remembered: bounded, for a process running many evaluations
+)
+_reported: set[tuple[str, int, int]] = set()
+
+
+def report_empty_masks(empty: int, images: int, stage: str) -> None:
+    """One warning, once per process for each (stage, count, total), that ``empty`` of the ``images`` scored
+    had an empty mask and were left out of the localisation metrics (their values would be NaN)."""
+    if empty <= 0 or (stage, empty, images) in _reported:
+        return
+    if len(_reported) < _REPORTED_MAX:
+        _reported.add((stage, empty, images))
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:  # the counts are every rank's already: rank 0 says them
+        return
+    log.warning(
+        "%d of the %d %s images scored by the localisation metrics have an empty mask (no object: an all-zero "
+        "mask file, boxes outside the image, or no mask or box file) and were left out of the pointing game, "
+        "energy pointing game and mask IoU%s.",
+        empty,
+        images,
+        stage,
+        "; every image was, so these metrics are NaN" if empty == images else "",
+    )
 
 
 def _check_pair(maps: Tensor, masks: Tensor) -> None:
@@ -53,27 +85,41 @@ class PointingGame(Metric):
     """Pointing-game accuracy computed per class, then averaged over the classes seen (Zhang et al. 2016).
 
     Sums of hits and counts per class are the states, so the value is exact under DDP. Images with an
-    empty mask are left out. ``tolerance`` is in pixels at 224 px and scaled to each batch's image size.
+    empty mask are left out and counted: with ``stage`` ("val", "test") given, :meth:`compute` says how many
+    in one warning (:func:`report_empty_masks`), unless ``report_empty`` is False (Lightning's sanity check,
+    whose few batches are not the epoch). ``tolerance`` is in pixels at 224 px and scaled to each
+    batch's image size.
     """
 
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, num_classes: int, tolerance_at_224: float = 15.0, **kwargs: object) -> None:
+    def __init__(
+        self, num_classes: int, tolerance_at_224: float = 15.0, stage: str | None = None, **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.tolerance_at_224 = tolerance_at_224
+        self.stage = stage
+        self.report_empty = True
         self.add_state("hits", default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("counts", default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+        # images seen and those of them with an empty mask (summed over ranks, like the hits)
+        self.add_state("images", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("empty", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, maps: Tensor, masks: Tensor, labels: Tensor) -> None:
         tolerance = self.tolerance_at_224 * max(maps.shape[-2:]) / 224
         hits = pointing_game(maps, masks, tolerance)
+        self.images += masks.shape[0]
+        self.empty += (~masks.flatten(1).bool().any(dim=1)).sum()
         valid = ~hits.isnan()
         self.hits.index_add_(0, labels[valid], hits[valid].double())
         self.counts.index_add_(0, labels[valid], torch.ones_like(hits[valid], dtype=torch.float64))
 
     def compute(self) -> Tensor:
+        if self.stage is not None and self.report_empty:
+            report_empty_masks(int(self.empty), int(self.images), self.stage)
         seen = self.counts > 0
         if not seen.any():
             return torch.tensor(float("nan"))
