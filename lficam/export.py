@@ -9,6 +9,11 @@ normalised B×3×H×W float images (B is free) and return the tuple ``(logits, a
 B×h×w map in [0, 1]. After writing, the export is run on a batch of another size than the one it was traced
 with, and the largest absolute difference to the PyTorch model is printed (and must stay below ``tolerance``).
 
+Nothing is put at the output path before that check passed: the export is written into a hidden folder next to
+it and moved there afterwards, so a failed export leaves no file behind and never replaces an existing one.
+ONNX exports are written at exactly the ``opset`` asked for, within the range :func:`onnx_opsets` reports for
+the installed torch and onnx; any other is refused before anything is traced.
+
 The options and their defaults live once, in :class:`ExportOptions`: the command line (``conf/export.yaml``, a
 Hydra app like the others: ``lficam-export`` is the same command) and :func:`export`'s keyword defaults use it.
 """
@@ -18,10 +23,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -50,7 +57,7 @@ class ExportOptions:
     image_size: int | None = (
         None  # default: the training data's size from the checkpoint, else 32 (CIFAR) / 224
     )
-    opset: int = 18
+    opset: int = 18  # ONNX opset: 18 (the exporter's own) up to the newest the installed onnx defines
     tolerance: float = (
         1e-4  # the largest absolute difference to PyTorch accepted, relative to max(1, |logits|)
     )
@@ -116,14 +123,97 @@ def _default_image_size(model: nn.Module) -> int:
     return 32 if getattr(model.backbone, "family", "") == "cifar" else 224
 
 
+def onnx_opsets() -> tuple[int, int]:
+    """(lowest, highest) ONNX opset that the installed exporter writes as asked.
+
+    Lowest: the opset torch's exporter implements its operators in (``TORCHLIB_OPSET``, 18 in torch 2.14). It
+    accepts a lower one, but then exports at its own and asks ONNX's version converter to go down, which fails
+    on this project's models (an ``axes_input_to_attribute`` assertion) and keeps its own opset with a printed
+    traceback, so lower opsets are not offered. Highest: the newest opset the installed onnx defines; asked for
+    a newer one, the exporter again keeps its own. Checked by exporting cifar_resnet20 at 17 to 29 (torch
+    2.14.1, onnx 1.23.2: 18 to 28 written as asked, 17 and 29 written as 18).
+    """
+    import onnx
+
+    try:
+        from torch.onnx._internal.exporter._constants import TORCHLIB_OPSET as lowest
+    except ImportError:  # a private module: its value in the releases this was checked with
+        lowest = 18
+    return int(lowest), int(onnx.defs.onnx_opset_version())
+
+
+def check_opset(opset: int) -> None:
+    """Refuse, in one sentence, an ONNX opset outside :func:`onnx_opsets` (before anything is traced)."""
+    lowest, highest = onnx_opsets()
+    if not lowest <= opset <= highest:
+        import onnx
+
+        raise UserError(
+            f"opset={opset} cannot be exported: the installed exporter (torch {torch.__version__.split('+')[0]}, "
+            f"onnx {onnx.__version__}) writes ONNX opsets {lowest} to {highest} only; choose one of them "
+            "(nothing was written)."
+        )
+
+
+def written_opset(path: Path) -> int | None:
+    """The version of the default ("ai.onnx") operator set that the ONNX file at ``path`` imports."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+class _Records(logging.Handler):
+    """Keeps the log records it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+#: the loggers of torch's ONNX exporter and of onnxscript's version converter
+_EXPORTER_LOGGERS = ("torch.onnx", "onnxscript")
+
+
+@contextlib.contextmanager
+def _exporter_logs() -> Iterator[list[logging.LogRecord]]:
+    """The exporter's log records, kept instead of printed: a failed version conversion logs a traceback and
+    carries on at another opset, which :func:`_write_onnx` then refuses in one sentence."""
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    saved = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        yield handler.records
+    finally:
+        for logger, propagate in zip(loggers, saved, strict=True):
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+
+
+def _conversion_failure(records: list[logging.LogRecord]) -> str:
+    """The clause naming the version converter's error in the exporter's records; "" when none holds one."""
+    errors = [r.exc_info[1] for r in records if r.exc_info and r.exc_info[1] is not None]
+    if not errors:
+        return ""
+    text = " ".join(str(errors[-1]).split())
+    return f" (its version converter failed: {type(errors[-1]).__name__}: {text[:160]})"
+
+
 def _write_onnx(
     wrapper: InferenceModel, example: Tensor, path: Path, metadata: dict[str, Any], opset: int
 ) -> None:
     batch = torch.export.Dim("batch", min=1)
     with (
         warnings.catch_warnings(),
-        contextlib.redirect_stdout(io.StringIO()),
-    ):  # the exporter's progress lines
+        contextlib.redirect_stdout(io.StringIO()),  # the exporter's progress lines
+        _exporter_logs() as records,
+    ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapper,
@@ -138,6 +228,13 @@ def _write_onnx(
     program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
     # one file; weights go to a side file only past protobuf's 2 GB limit
     program.save(str(path), external_data=None)
+    found = written_opset(path)
+    # the exporter keeps its own opset when its version converter fails, saying so only in a log record
+    if found != opset:
+        raise UserError(
+            f"The ONNX exporter wrote opset {found} instead of opset={opset}{_conversion_failure(records)}, "
+            f"so nothing was written; choose opset={found}."
+        )
 
 
 def _run_onnx(path: Path, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -191,6 +288,8 @@ def export(
     ``check_batch_size`` random images (a size other than the traced ``batch_size``)."""
     if format not in FORMATS:
         raise UnknownNameError("export format", format, FORMATS)
+    if format == "onnx":
+        check_opset(opset)
     if batch_size < 1 or check_batch_size < 1 or batch_size == check_batch_size:
         raise UserError(
             f"batch_size={batch_size} and check_batch_size={check_batch_size} must be positive and differ, "
@@ -208,35 +307,48 @@ def export(
     example = torch.randn(batch_size, 3, size, size, generator=generator)
     probe = torch.randn(check_batch_size, 3, size, size, generator=generator)
     wrapper = InferenceModel(model).eval()
-    with torch.no_grad():
+    with staged(path) as staging, torch.no_grad():  # moved to ``path`` only once every check below passed
         if format == "onnx":
-            _write_onnx(wrapper, example, path, metadata, opset)
-            logits, attention = _run_onnx(path, probe)
+            _write_onnx(wrapper, example, staging, metadata, opset)
+            logits, attention = _run_onnx(staging, probe)
         elif format == "torchscript":
-            _write_torchscript(wrapper, example, path, metadata)
-            logits, attention = _run_torchscript(path, probe)
+            _write_torchscript(wrapper, example, staging, metadata)
+            logits, attention = _run_torchscript(staging, probe)
         else:
-            _write_safetensors(model, path, metadata)
-            logits, attention = _run_safetensors(path, probe)
+            _write_safetensors(model, staging, metadata)
+            logits, attention = _run_safetensors(staging, probe)
         reference_logits, reference_attention = wrapper(probe)
 
-    if logits.shape != reference_logits.shape or attention.shape != reference_attention.shape:
-        raise RuntimeError(
-            f"The {format} export returned shapes {tuple(logits.shape)}, {tuple(attention.shape)} for batch "
-            f"{check_batch_size}; PyTorch returns {tuple(reference_logits.shape)}, {tuple(reference_attention.shape)}."
+        if logits.shape != reference_logits.shape or attention.shape != reference_attention.shape:
+            raise RuntimeError(
+                f"The {format} export returned shapes {tuple(logits.shape)}, {tuple(attention.shape)} for batch "
+                f"{check_batch_size}; PyTorch returns {tuple(reference_logits.shape)}, {tuple(reference_attention.shape)}."
+            )
+        report = ExportReport(
+            format,
+            path,
+            batch_size,
+            check_batch_size,
+            float((logits - reference_logits).abs().max()),
+            float((attention - reference_attention).abs().max()),
         )
-    report = ExportReport(
-        format,
-        path,
-        batch_size,
-        check_batch_size,
-        float((logits - reference_logits).abs().max()),
-        float((attention - reference_attention).abs().max()),
-    )
-    scale = max(1.0, float(reference_logits.abs().max()))
-    if report.max_abs_diff_logits > tolerance * scale or report.max_abs_diff_attention > tolerance:
-        raise RuntimeError(f"The export does not match PyTorch within tolerance={tolerance}: {report}")
+        scale = max(1.0, float(reference_logits.abs().max()))
+        if report.max_abs_diff_logits > tolerance * scale or report.max_abs_diff_attention > tolerance:
+            raise RuntimeError(f"The export does not match PyTorch within tolerance={tolerance}: {report}")
     return report
+
+
+@contextlib.contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """A path named like ``path`` in a new hidden folder next to it, whose files are moved beside ``path``
+    when the block ends without an error, and removed with the folder otherwise: a failed export leaves
+    nothing behind and an existing file at ``path`` is kept. (A folder, not one temporary file: an ONNX model
+    past 2 GB writes its weights to a side file named after the model's file.)"""
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
+        staging = Path(folder) / path.name
+        yield staging
+        for written in sorted(Path(folder).iterdir()):
+            os.replace(written, path.parent / written.name)  # same file system: a rename, never half a file
 
 
 def check_writable(path: Path) -> None:

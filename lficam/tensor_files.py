@@ -93,6 +93,12 @@ def read_safetensors_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str
 def _reason(error: BaseException) -> str:
     """The part of torch's long weights_only message that says what was refused."""
     text = " ".join(str(error).split())
+    # a pickled call or class: torch names the global it blocked ("GLOBAL posix.system"), in words that
+    # change between releases ("Unsupported global: GLOBAL io.open was not an allowed global", "unsupported
+    # GLOBAL posix.system whose module posix is blocked"); the name is what the user needs
+    blocked = re.search(r"\bGLOBAL ([A-Za-z_][\w.]*\w)", text)
+    if blocked:
+        return f"it pickles the Python global {blocked.group(1)}, which is never loaded or called"
     match = re.search(r"WeightsUnpickler error: (.+?)(?: Please use| Check the documentation|$)", text)
     if match:
         return match.group(1).strip().rstrip(".")[:120]

@@ -73,6 +73,9 @@ def test_onnx_matches_pytorch_at_another_batch_size(checkpoint: Path, tmp_path: 
     assert diff_logits < 1e-5 * max(1.0, scale)  # float32 sums in another order: relative error ~1e-6
     assert report.max_abs_diff_logits < 1e-5 * max(1.0, scale)
     assert diff_attention < 1e-5
+    assert [(o.domain, o.version) for o in onnx.load(str(report.path)).opset_import if o.domain == ""] == [
+        ("", 18)
+    ]
     metadata = {p.key: p.value for p in onnx.load(str(report.path)).metadata_props}
     stored = json.loads(metadata["lficam"])
     assert stored["model_config"] == CONFIG
@@ -158,3 +161,67 @@ def test_cli_writes_and_reports(checkpoint: Path, tmp_path: Path, capsys: pytest
     out = capsys.readouterr().out
     assert out.startswith("safetensors: wrote ")
     assert "checked with batch 3: max |Δ logits| = 0, max |Δ attention| = 0 against PyTorch" in out
+
+
+# ONNX opsets: exactly the one asked for, or one sentence and nothing written
+
+
+def _default_opset(model_path: Path) -> list[tuple[str, int]]:
+    import onnx
+
+    return [
+        (o.domain, o.version) for o in onnx.load(str(model_path)).opset_import if o.domain in ("", "ai.onnx")
+    ]
+
+
+def test_onnx_is_written_at_the_opset_asked_for(checkpoint: Path, tmp_path: Path) -> None:
+    """21 is not the exporter's own 18: the file really is converted to it."""
+    report = export(checkpoint, "onnx", tmp_path / "model.onnx", opset=21)
+    assert _default_opset(report.path) == [("", 21)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # the staging folder is gone
+
+
+@pytest.mark.parametrize("opset", [1, 17, 29])
+def test_an_opset_the_exporter_cannot_write_is_one_sentence_and_nothing_is_written(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], opset: int
+) -> None:
+    import onnx
+
+    from lficam.export import onnx_opsets
+
+    assert onnx_opsets() == (18, onnx.defs.onnx_opset_version())
+    kept = tmp_path / "kept.onnx"
+    kept.write_bytes(b"an earlier export")
+    for output in (tmp_path / "new.onnx", kept):
+        assert main([f"ckpt_path={checkpoint}", "format=onnx", f"opset={opset}", f"output={output}"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == (
+            f"Error: opset={opset} cannot be exported: the installed exporter (torch "
+            f"{torch.__version__.split('+')[0]}, onnx {onnx.__version__}) writes ONNX opsets 18 to "
+            f"{onnx.defs.onnx_opset_version()} only; choose one of them (nothing was written).\n"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.onnx"]
+    assert kept.read_bytes() == b"an earlier export"
+
+
+def test_an_export_at_another_opset_than_asked_is_refused_and_not_kept(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were 17 offered, torch would export at 18 (its version converter fails on these models) and say so
+    only in a log line: the written file's opset is checked, and the file is not kept."""
+    import lficam.export as exporting
+    from lficam.errors import UserError
+
+    monkeypatch.setattr(exporting, "onnx_opsets", lambda: (7, 28))
+    kept = tmp_path / "model.onnx"
+    kept.write_bytes(b"an earlier export")
+    with pytest.raises(UserError) as refused:
+        export(checkpoint, "onnx", kept, opset=17)
+    message = str(refused.value)
+    assert message.startswith(
+        "The ONNX exporter wrote opset 18 instead of opset=17 (its version converter failed: "
+    )
+    assert message.endswith("), so nothing was written; choose opset=18.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert kept.read_bytes() == b"an earlier export"

@@ -86,7 +86,8 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"model_config": CONFIG}, "x": Payload()}, evil)
     with pytest.raises(
-        UserError, match=r"^Refusing .*evil\.ckpt.*without running code \(Unsupported global: GLOBAL io\.open"
+        UserError,
+        match=r"^Refusing .*evil\.ckpt.*without running code \(it pickles the Python global io\.open,",
     ):
         lficam.load(evil)
     assert not marker.exists()
@@ -94,6 +95,31 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
     with evil.open("rb") as f:
         torch.load(f, weights_only=False)
     assert marker.exists()
+
+
+class _SystemCall:
+    """Pickles as ``os.system(command)``: a call that a plain unpickler would run."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+def test_a_pickled_system_call_is_refused_naming_the_blocked_global(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned.txt"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": _SystemCall(f"touch {marker}")}, evil)
+    with pytest.raises(UserError) as refused:
+        lficam.load(evil)  # weights_only: the call is never made
+    message = str(refused.value)
+    assert "it pickles the Python global posix.system, which is never loaded or called" in message
+    assert "Weights only load failed" not in message and "\n" not in message
+    assert message.endswith("use a .ckpt written by lficam's train.py or a .safetensors export.")
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(

@@ -218,3 +218,20 @@ def test_torchvision_weight_normalisation_unless_the_user_sets_one_or_asks_for_t
         UserError, match=r"model\.normalization=pretrained, but resnet50 starts from weights without"
     ):
         resolve_normalization(cfg)
+
+
+def test_a_weights_file_with_a_pickled_system_call_names_the_blocked_global(tmp_path):
+    from tests.test_loading import _SystemCall
+
+    marker = tmp_path / "pwned.txt"
+    evil = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "x": _SystemCall(f"touch {marker}")}, evil)
+    with pytest.raises(UserError) as refused:
+        lficam.create_model("resnet18", num_classes=3, weights=str(evil))
+    message = str(refused.value)
+    assert (
+        f"Could not read {str(evil)!r} as a plain state dict (it pickles the Python global posix.system,"
+        in message
+    )
+    assert "Weights only load failed" not in message
+    assert not marker.exists()
