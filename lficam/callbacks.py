@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from torchvision.utils import make_grid
 
 from lficam.data.base import first_items
 from lficam.maps import upsample
-from lficam.viz import overlay, save_overlay_grid
+from lficam.viz import count_nonfinite, overlay, save_overlay_grid
 
 _IMAGE_KEY = "val/attention_overlays"
 
@@ -189,6 +190,14 @@ class AttentionOverlays(pl.Callback):
         if "mask" in batch:
             maps = {"object mask": batch["mask"].float(), **maps}
         self.last_path = save_overlay_grid(self.dirpath / f"{name}.png", images.cpu(), maps, titles)
+        broken = count_nonfinite(own)
+        if broken:
+            warnings.warn(
+                f"{broken} of {len(own)} attention maps in {self.last_path} hold NaN or infinite values (the "
+                "model's activations overflowed, often a learning rate too high for the batch size or too few "
+                "steps for BatchNorm's running statistics); they are drawn as zeros.",
+                stacklevel=2,
+            )
         return self.last_path
 
     @torch.no_grad()

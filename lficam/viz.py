@@ -16,14 +16,23 @@ from lficam.maps import upsample
 
 
 def colorize(maps: Tensor, cmap: str = "jet") -> Tensor:
-    """B×H×W maps in [0, 1] → B×3×H×W RGB through a matplotlib colour map, on the maps' device."""
+    """B×H×W maps in [0, 1] → B×3×H×W RGB through a matplotlib colour map, on the maps' device.
+
+    A non-finite value (a model whose activations overflowed) is drawn as 0, the colour map's first colour:
+    rounding NaN to an integer index would give an arbitrary one. Callers say how many maps had such values
+    (:func:`count_nonfinite`)."""
     lut = torch.tensor(
         matplotlib.colormaps[cmap](torch.linspace(0, 1, 256).numpy())[:, :3],
         dtype=torch.float32,
         device=maps.device,
     )
-    index = (maps.clamp(0, 1) * 255).round().long()
+    index = (torch.nan_to_num(maps.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp(0, 1) * 255).round().long()
     return lut[index].permute(0, 3, 1, 2)
+
+
+def count_nonfinite(maps: Tensor) -> int:
+    """How many of the B maps (B×…) hold a NaN or infinite value."""
+    return int((~torch.isfinite(maps.float())).flatten(1).any(dim=1).sum())
 
 
 def overlay(images: Tensor, maps: Tensor, alpha: float = 0.5) -> Tensor:
