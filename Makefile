@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed
 
 export WANDB_MODE ?= offline
 
-.PHONY: help setup train test lint format bench clean fashion-mnist
+.PHONY: help setup train test test-fast lint format bench clean fashion-mnist
 
 help:  ## list the targets
-	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,13 @@ setup: $(STAMP)  ## create or update the virtual environment in .venv
 train: $(STAMP)  ## train LFI-CAM on the built-in synthetic data set
 	$(BIN)/python train.py $(ARGS)
 
-test: $(STAMP)  ## run the whole offline test suite
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# pytest-xdist: one worker per core (TEST_WORKERS=1 runs them in one process, in order)
+TEST_WORKERS ?= auto
+test: $(STAMP)  ## run the whole offline test suite (what CI runs)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## the tests that need no training loop, subprocess or large model (under 2 minutes)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(BIN)/ruff check .

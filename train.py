@@ -10,12 +10,11 @@ import hydra
 from omegaconf import DictConfig
 
 from lficam import cli
-from lficam.train import run_task
 
 
 @hydra.main(version_base=cli.VERSION_BASE, config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return run_task(cfg)
+    return cli.run_task(cfg)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from lficam import create_model
+from lficam.core.errors import UserError
 from lficam.data import FashionClutterDataModule, FashionMNISTDataModule, ImageFolderDataModule
 from lficam.data.fashion_mnist import DEBIAN_FOLDER, locate
-from lficam.errors import UserError
 
 
 def best_rate(count: int, run: Callable[[], object], repeats: int) -> float:

@@ -1,6 +1,6 @@
 """Does the light FIN keep LFI-CAM's map quality? paper vs lite, with ABN and the plain backbone for reference.
 
-Trains each variant with the project's training task (``lficam.train.train`` on a composed config, same seed
+Trains each variant with the project's training task (``lficam.training.task.train`` on a composed config, same seed
 and data) on the synthetic shapes, tests the checkpoint chosen on validation, and prints one table:
 the attention head's parameters (the FIN, ABN's attention branch) and the total, test accuracy, test
 pointing game of the model's own map, and the training step time relative to ``attention=none``
@@ -26,8 +26,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from lficam.core.known_warnings import quiet_known_warnings
 from lficam.models import count_parameters, create_model
-from lficam.train import model_config_of, quiet_known_warnings, train
+from lficam.training.model_config import model_config_of
+from lficam.training.task import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

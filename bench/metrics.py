@@ -107,7 +107,7 @@ def bench_overhead(train_size: int, epochs: int, repeats: int) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from lficam.train import build_module
+    from lficam.training.task import build_module
 
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     cache = tempfile.mkdtemp(prefix="lficam-bench-")
@@ -179,8 +179,8 @@ def _stage_group(stage: str) -> str:
 def bench_protocols(images: int | None, test_size: int) -> None:
     from hydra import compose, initialize_config_dir
 
-    from lficam.evaluate import evaluate_checkpoint
-    from lficam.train import train
+    from lficam.evaluation.classification import evaluate_checkpoint
+    from lficam.training.task import train
 
     root = Path(__file__).resolve().parents[1]
     work = Path(tempfile.mkdtemp(prefix="lficam-bench-eval-"))

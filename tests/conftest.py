@@ -17,7 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 os.environ.setdefault("WANDB_MODE", "offline")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist (make test) the cores are shared between the workers: more threads than cores would make
+# every worker slower, not faster.
+# The processes the tests start (train.py, eval.py, the notebook's kernel) inherit the same share through
+# OMP_NUM_THREADS, which torch reads when it starts.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 # Overrides that make any training config run in seconds on a CPU.
 TINY = [
@@ -91,7 +99,7 @@ def one_step_checkpoint(folder: Path, model_config: dict = SMALL_MODEL) -> Path:
     import functools
 
     import lficam
-    from lficam.module import LitClassifier
+    from lficam.training.module import LitClassifier
 
     torch.manual_seed(0)
     module = LitClassifier(

@@ -2,7 +2,7 @@
 
 A fuzz test feeds a reader bytes that are a valid file with a few edits (:func:`mutated`) or plain noise
 (:func:`file_bytes`) and checks, with :func:`check_reader`, the two promises every reader of a user file
-makes: it either succeeds or raises :class:`lficam.errors.UserError` (one sentence, exit code 2), and its
+makes: it either succeeds or raises :class:`lficam.core.errors.UserError` (one sentence, exit code 2), and its
 memory stays bounded whatever the file's size fields say.
 
 The suite runs a fixed budget per test, derandomised so that it is the same every time;
@@ -16,6 +16,9 @@ To fuzz a new reader::
     @given(content=file_bytes(VALID_FILE))
     def test_my_reader_says_one_sentence(content: bytes) -> None:
         check_reader(my_reader, content, "file.ext")
+
+and check that the valid file itself is read, with the values written: ``read_valid(my_reader, VALID_FILE,
+"file.ext")`` fails on a refusal.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 
 EXAMPLES_VARIABLE = "LFICAM_FUZZ_EXAMPLES"
 #: What a reader may allocate beyond what it held before, for a file of a few kilobytes: Python objects
@@ -165,12 +168,31 @@ def _allocation_failures(error: BaseException) -> list[BaseException]:
     return found
 
 
-def check_reader(read: Callable[[Path], Any], content: bytes, name: str) -> None:
-    """Write ``content`` to a fresh file called ``name`` and read it with ``read``: success or one
-    UserError sentence, neither caused by an allocation that failed, within :func:`bounded_memory`."""
+@contextmanager
+def _written(content: bytes, name: str) -> Iterator[Path]:
+    """The path of a fresh file called ``name`` holding ``content``, removed afterwards."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / name
         path.write_bytes(content)
+        yield path
+
+
+def read_valid(read: Callable[[Path], Any], content: bytes, name: str) -> Any:
+    """What ``read`` returns for a file called ``name`` holding ``content``, within :func:`bounded_memory`.
+
+    For the valid files a fuzz test starts from: unlike :func:`check_reader`, a refusal (UserError) fails the
+    test, and the caller checks the values read against those written."""
+    with _written(content, name) as path, bounded_memory():
+        return read(path)
+
+
+def check_reader(read: Callable[[Path], Any], content: bytes, name: str) -> None:
+    """Write ``content`` to a fresh file called ``name`` and read it with ``read``: success or one
+    UserError sentence, neither caused by an allocation that failed, within :func:`bounded_memory`.
+
+    For edited (fuzzed) files, which a reader may rightly refuse; a valid file is read with :func:`read_valid`.
+    """
+    with _written(content, name) as path:
         refused = None
         with bounded_memory():
             try:

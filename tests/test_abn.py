@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 from lficam.models import ABNClassifier, available_attentions, create_model
 from lficam.models.output import ModelOutput
 
@@ -176,7 +176,7 @@ def test_attention_abn_config_composes_to_an_abn_model():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from lficam.train import model_config_of
+    from lficam.training.model_config import model_config_of
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["attention=abn", "model=cifar_resnet20"])
@@ -185,6 +185,7 @@ def test_attention_abn_config_composes_to_an_abn_model():
     assert isinstance(model, ABNClassifier)
 
 
+@pytest.mark.slow
 def test_overfits_two_batches():
     # Each class is a fixed random pattern under noise: 32 images that the perception branch fits within
     # 30 Adam steps; the attention branch (K channels, GAP) is slower but must still learn.

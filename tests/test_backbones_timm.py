@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import lficam
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 from lficam.models import PlainClassifier
 
 timm = pytest.importorskip("timm")
@@ -61,6 +61,7 @@ def save_state(net: nn.Module, path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", LISTED)
+@pytest.mark.slow
 def test_listed_backbone_keeps_the_contract_with_weights_in_timm_key_names(name, tmp_path):
     torch.manual_seed(0)
     reference = perturbed(timm.create_model(name)).eval()  # the whole classifier, timm's key names
@@ -248,8 +249,9 @@ def test_timm_kwargs_reach_timm_and_a_bad_one_is_one_sentence():
         lficam.create_model("timm/resnet18", num_classes=3, timm_kwargs={"colour": 3})
 
 
+@pytest.mark.slow
 def test_model_timm_config_composes_and_trains_one_step(tmp_path):
-    from lficam.train import build_module
+    from lficam.training.task import build_module
     from tests.conftest import TINY, compose_train
 
     cfg = compose_train([*TINY, "model=timm", "model.backbone=timm/efficientnet_b0"], tmp_path)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import lficam
-from lficam.callbacks import AttentionOverlays, NetworkSummary
+from lficam.core.maps import upsample
 from lficam.data import ShapesDataModule
-from lficam.maps import upsample
 from lficam.models import count_parameters
-from lficam.module import LitClassifier
+from lficam.training.callbacks import AttentionOverlays, NetworkSummary
+from lficam.training.module import LitClassifier
 from tests.conftest import quiet_trainer
 
 

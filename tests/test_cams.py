@@ -14,7 +14,7 @@ from torch import nn
 
 import lficam
 from lficam import cams
-from lficam.errors import UnknownNameError, UserError
+from lficam.core.errors import UnknownNameError, UserError
 from tests.conftest import quiet_trainer
 
 ALL = ["abscam", "cam", "eigencam", "fam", "gradcam", "gradcampp", "layercam", "scorecam"]
@@ -235,7 +235,7 @@ def test_every_method_gives_unit_maps_at_the_input_size(model_name: str, method:
     # A map is flat (zeros: e.g. Grad-CAM of a class the image argues against) or spans [0, 1].
     assert set(maps.flatten(1).amax(dim=1).tolist()) <= {0.0, 1.0}
     raw = cam(x, raw=True)  # the predicted classes: random images should give a non-flat map
-    assert lficam.maps.minmax(raw).amax() == 1
+    assert lficam.core.maps.minmax(raw).amax() == 1
     with torch.no_grad():
         features = {}
         handle = cam.target_layer.register_forward_hook(lambda m, i, o: features.setdefault("a", o))
@@ -250,7 +250,7 @@ def test_cam_of_the_plain_model_is_its_own_map() -> None:
     with torch.no_grad():
         own = model.eval()(x).attention
     raw = cams.create("cam", model)(x, raw=True)
-    torch.testing.assert_close(lficam.maps.minmax(raw), own, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lficam.core.maps.minmax(raw), own, rtol=1e-5, atol=1e-5)
 
 
 def _hook_count(model: nn.Module) -> int:
@@ -363,6 +363,7 @@ def _live_tensors() -> int:
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcampp", "scorecam", "abscam"])
+@pytest.mark.slow
 def test_memory_does_not_grow_over_repeated_calls(method: str) -> None:
     torch.manual_seed(0)
     net = TinyCNN().eval()

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import lficam
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 from lficam.models import count_parameters
 from lficam.models.normalize import minmax_channels, minmax_spatial
-from lficam.train import build_module
+from lficam.training.task import build_module
 from tests.conftest import TINY, compose_train
 
 
@@ -144,6 +144,7 @@ def test_weights_imagenet_on_a_cifar_backbone_is_one_sentence(tmp_path):
 
 
 @pytest.mark.parametrize(("name", "size"), [("cifar_resnext29", 8), ("cifar_densenet100", 32)])
+@pytest.mark.slow
 def test_config_composes_and_trains_one_step(name, size, tmp_path):
     cfg = compose_train([*TINY, f"model={name}"], tmp_path)
     module = build_module(cfg)

@@ -1,4 +1,4 @@
-"""The command-line layer (lficam/cli.py): one exit code for a user's mistake, Ctrl-C, unread + overrides,
+"""The command-line layer (lficam/cli/commands.py): one exit code for a user's mistake, Ctrl-C, unread + overrides,
 unwritable run folders and exports, oversized images, and Lightning's advertising tips.
 
 Tests run as root here, and root may write into a chmod-555 folder, so "cannot be written" is made with paths
@@ -21,11 +21,13 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
-from lficam import cli, explain
-from lficam.callbacks import RichNetworkSummary
-from lficam.errors import UserError
+from lficam import cli
+from lficam.cli import run_task
+from lficam.core.errors import UserError
+from lficam.core.known_warnings import quiet_known_warnings
+from lficam.explain import command as explain
 from lficam.export import export
-from lficam.train import quiet_known_warnings, run_task
+from lficam.training.callbacks import RichNetworkSummary
 from tests.conftest import ROOT, SMALL_MODEL, compose_train, one_step_checkpoint, subprocess_env
 
 MODEL_CONFIG = SMALL_MODEL
@@ -215,6 +217,7 @@ def test_a_run_folder_that_cannot_be_made_is_one_sentence(where, a_file, capsys)
     )
 
 
+@pytest.mark.slow
 def test_a_run_folder_that_exists_but_cannot_be_written_is_one_sentence(tmp_path):
     """/proc/self exists; nothing can be created in it (Hydra's log file is the first thing it writes)."""
     result = subprocess.run(
@@ -259,7 +262,7 @@ def test_explain_into_a_folder_that_cannot_be_written_is_one_sentence(checkpoint
     Image.new("RGB", (20, 30), (255, 0, 0)).save(picture)
     out = a_file / "pictures"
     argv = [f"ckpt_path={checkpoint}", f"images=[{picture}]", "methods=[own]", f"output_dir={out}"]
-    assert explain.main(argv) == 2
+    assert cli.explain(argv) == 2
     assert capsys.readouterr().err == (
         f"Error: Cannot write the pictures into output_dir={str(out)!r} ({a_file} is a file, not a folder): "
         "choose a folder you can write.\n"
@@ -275,7 +278,7 @@ def test_a_15000_pixel_square_png_is_refused_with_the_limit_and_how_to_lift_it(c
     assert big.stat().st_size < 100_000
     limit = Image.MAX_IMAGE_PIXELS
     argv = [f"ckpt_path={checkpoint}", f"images=[{big}]", f"output_dir={tmp_path / 'out'}"]
-    assert explain.main(argv) == 2  # was a DecompressionBombError traceback
+    assert cli.explain(argv) == 2  # was a DecompressionBombError traceback
     assert capsys.readouterr().err == (
         f"Error: Image {str(big)!r} has 15000×15000 = 225,000,000 pixels, more than max_image_pixels=89478485 "
         "(a guard against decompression bombs): if you trust the file, raise the limit, e.g. "
@@ -303,7 +306,7 @@ def test_the_default_limit_is_pils_and_a_bad_one_is_a_sentence(checkpoint, tmp_p
     picture = tmp_path / "p.png"
     Image.new("RGB", (8, 8)).save(picture)
     argv = [f"ckpt_path={checkpoint}", f"images=[{picture}]", "max_image_pixels=-5"]
-    assert explain.main(argv) == 2
+    assert cli.explain(argv) == 2
     assert capsys.readouterr().err == (
         "Error: max_image_pixels must be a positive whole number or null, got -5.\n"
     )

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from lficam.core.errors import UserError
 from lficam.data import ShapesDataModule
 from lficam.data.shapes import SHAPES, ShapesConfig, _inside, render
-from lficam.errors import UserError
 
 
 def test_image_i_is_the_same_whatever_else_is_rendered():

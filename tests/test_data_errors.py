@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lficam.core.errors import UserError
 from lficam.data import ImageFolderDataModule
-from lficam.errors import UserError
 from tests.conftest import ROOT, run_quietly
 from tests.test_data_real import write_image_folder
 

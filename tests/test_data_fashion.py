@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from lficam.core.errors import UserError
 from lficam.data import FashionMNISTDataModule
 from lficam.data.fashion_mnist import DEBIAN_FOLDER, FILES, carve, locate, read_idx
 from lficam.data.idx import write_idx
 from lficam.data.masks import fill_holes, silhouettes
-from lficam.errors import UserError
 
 # --- tiny Fashion-MNIST files ---------------------------------------------------------------------------
 
@@ -119,6 +119,7 @@ def test_fill_holes_fills_enclosed_background_only() -> None:
     assert filled[2].sum() == 24 and not filled[2, 1, 1]  # 4-connected background: the hole stays a hole
 
 
+@pytest.mark.slow
 def test_fill_holes_agrees_with_scipy_on_random_masks() -> None:
     ndimage = pytest.importorskip("scipy.ndimage")
     masks = torch.rand(300, 17, 23, generator=torch.Generator().manual_seed(0)) > 0.45

@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lficam.core.errors import UserError
 from lficam.data import FashionClutterDataModule
 from lficam.data.fashion_clutter import ClutterConfig, layout, render
 from lficam.data.fashion_mnist import FILES, Garments, carve, garment_splits
 from lficam.data.idx import write_idx
-from lficam.errors import UserError
 from tests.conftest import ROOT
 from tests.test_data_fashion import garment, write_fashion
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
+from lficam.core.errors import UserError
 from lficam.data import ImageFolderDataModule
 from lficam.data.boxes import Box, boxes_to_mask, chosen_boxes, read_box_mask, read_voc
 from lficam.data.decode import _jpeg_size, _with_pillow, decode_rgb, looks_complete
 from lficam.data.image_folder import SampleTable
 from lficam.data.masks import read_mask
-from lficam.errors import UserError
 
 # Images of 64×32 px (W×H): black with a white 16×8 block at rows 4…11, columns 20…35 (cat) or 40…55 (dog).
 BLOCKS = {"cat": (4, 12, 20, 36), "dog": (4, 12, 40, 56)}

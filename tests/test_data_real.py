@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from lficam.core.errors import UserError
 from lficam.data import CIFAR10DataModule, CIFAR100DataModule, ImageFolderDataModule
 from lficam.data.cifar import CIFAR_MEAN, CIFAR_STD
-from lficam.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN = torch.tensor(CIFAR_MEAN).view(3, 1, 1)

@@ -20,11 +20,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.plugins import TorchSyncBatchNorm
 from lightning.pytorch.strategies import DDPStrategy
 
-from lficam.distributed import _end_child_ranks, _requested_gpus, check_devices, job_command
-from lficam.errors import UserError
+from lficam.cli import run_task
+from lficam.core.errors import UserError
 from lficam.models import create_model
-from lficam.module import LitClassifier
-from lficam.train import run_task
+from lficam.training.distributed import _end_child_ranks, _requested_gpus, check_devices, job_command
+from lficam.training.module import LitClassifier
 from tests.conftest import run_quietly
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +116,7 @@ def _sleeper(seconds: float) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("failed", [False, True])
+@pytest.mark.slow
 def test_a_job_ends_the_ranks_it_started_without_lightning_killing_the_sweep(failed):
     from types import SimpleNamespace
 

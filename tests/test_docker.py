@@ -89,7 +89,12 @@ def test_dockerignore_keeps_environments_data_and_runs_out() -> None:
         "wandb/run/x",
     ):
         assert _ignored(path, patterns), path
-    for path in ("lficam/data/cifar.py", "lficam/loading.py", "conf/data/cifar10.yaml", "train.py"):
+    for path in (
+        "lficam/data/cifar.py",
+        "lficam/checkpoints/loading.py",
+        "conf/data/cifar10.yaml",
+        "train.py",
+    ):
         assert not _ignored(path, patterns), path
 
 

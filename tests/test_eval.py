@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import math
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -14,22 +15,21 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 import lficam
-from lficam import metrics as M
-from lficam.errors import UnknownNameError, UserError
-from lficam.evaluate import (
-    METRICS,
-    best_checkpoint,
-    build_test_data,
-    checkpoint_data_config,
+from lficam import metrics
+from lficam.checkpoints.records import best_checkpoint, checkpoint_data_config, find_checkpoints
+from lficam.core.errors import UnknownNameError, UserError
+from lficam.core.maps import upsample
+from lficam.core.progress import StageProgress
+from lficam.evaluation.classification import (
+    accuracy_on_test_split,
     evaluate_checkpoint,
-    find_checkpoints,
-    pass_over_test_split,
-    protocol_options,
+    evaluate_stability,
     results_tables,
 )
-from lficam.maps import upsample
-from lficam.progress import StageProgress
-from lficam.train import train
+from lficam.evaluation.images import build_test_data
+from lficam.evaluation.protocol import protocol_options
+from lficam.evaluation.scores import METRICS
+from lficam.training.task import train
 from tests.conftest import CONF, ROOT, TINY, compose_train, subprocess_env
 
 
@@ -71,6 +71,7 @@ def runs(tmp_path_factory):
     return base, [tiny_run(base, f"seed{s}", f"seed={s}") for s in (1, 2)]
 
 
+@pytest.mark.slow
 def test_eval_checkpoint_writes_metrics_tables_and_pictures(runs):
     base, (run, _) = runs
     out = base / "eval_out"
@@ -119,20 +120,21 @@ def test_eval_checkpoint_writes_metrics_tables_and_pictures(runs):
     classes = torch.stack([item["label"] for item in first])
     with torch.no_grad():
         maps = upsample(model(images).attention, (32, 32))
-    hits = M.pointing_game(maps, masks, tolerance=15 * 32 / 224)
+    hits = metrics.pointing_game(maps, masks, tolerance=15 * 32 / 224)
     per_class = [hits[classes == c].mean() for c in classes.unique()]  # per class, then over classes
     assert own["pointing_game"] == pytest.approx(float(torch.stack(per_class).mean()), abs=1e-6)
     assert own["energy_pointing_game"] == pytest.approx(
-        float(M.energy_pointing_game(maps, masks).nanmean()), rel=1e-5
+        float(metrics.energy_pointing_game(maps, masks).nanmean()), rel=1e-5
     )
-    assert own["mask_iou"] == pytest.approx(float(M.mask_iou(maps, masks).nanmean()), rel=1e-5)
-    deletion = M.deletion_auc(model, images, maps, pixels_per_step=128)
+    assert own["mask_iou"] == pytest.approx(float(metrics.mask_iou(maps, masks).nanmean()), rel=1e-5)
+    deletion = metrics.deletion_auc(model, images, maps, pixels_per_step=128)
     assert own["deletion_auc"] == pytest.approx(float(deletion.nanmean()), rel=1e-4)
     gradcam = lficam.cams.create("gradcam", model)(images)
-    insertion = M.insertion_auc(model, images, gradcam, pixels_per_step=128)
+    insertion = metrics.insertion_auc(model, images, gradcam, pixels_per_step=128)
     assert report["maps"]["gradcam"]["insertion_auc"] == pytest.approx(float(insertion.nanmean()), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_eval_pointing_game_is_training_s_for_the_same_checkpoint(runs, tmp_path):
     _, (run, _) = runs
     summary = json.loads((run / "summary.json").read_text())
@@ -180,7 +182,7 @@ def test_protocols_and_their_overrides(tmp_path):
 def test_an_empty_test_split_is_one_sentence():
     empty = SimpleNamespace(test_dataloader=lambda: [])
     with pytest.raises(UserError, match="The test split of SimpleNamespace is empty"):
-        pass_over_test_split(torch.nn.Identity(), empty, torch.device("cpu"), 8)
+        accuracy_on_test_split(torch.nn.Identity(), empty, torch.device("cpu"))
 
 
 def test_results_read_in_80_columns():
@@ -257,6 +259,7 @@ def test_the_best_checkpoint_is_the_one_the_checkpoint_callback_recorded(tmp_pat
         best_checkpoint(tmp_path / "d")
 
 
+@pytest.mark.slow
 def test_stability_over_a_sweep_folder(runs):
     base, _ = runs
     out = base / "stability_out"
@@ -271,10 +274,11 @@ def test_stability_over_a_sweep_folder(runs):
     group = report["by_attention"]["lficam"]
     assert group["pairs"] == 1
     assert group["iou_mean"] == pytest.approx(iou[0][1])
-    assert group["iou_std"] == 0.0
+    assert group["iou_std"] is None  # one pair has no spread: NaN, written as null (not 0)
     assert (out / "stability.png").is_file()
 
 
+@pytest.mark.slow
 def test_stability_refuses_one_run_and_mixed_data(runs, tmp_path):
     _, (run, _) = runs
     one = run_eval(
@@ -295,6 +299,7 @@ def test_stability_refuses_one_run_and_mixed_data(runs, tmp_path):
     assert "Traceback" not in mixed.stderr
 
 
+@pytest.mark.slow
 def test_eval_of_a_foreign_file_is_one_sentence(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
@@ -304,13 +309,41 @@ def test_eval_of_a_foreign_file_is_one_sentence(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
+def test_eval_over_several_checkpoints_fails_the_bad_job_and_scores_the_others(runs, tmp_path):
+    # issue 18: a user's mistake in one job of `eval.py -m` is that job's failure, not the sweep's end
+    base, (run, _) = runs
+    missing = tmp_path / "missing.ckpt"
+    good = run / "checkpoints" / "last.ckpt"
+    sweep = tmp_path / "sweep"
+    result = run_eval(
+        [
+            "-m",
+            f"ckpt_path={missing},{good}",
+            "eval.num_images=4",
+            "eval.cams=[]",
+            "eval.faithfulness=false",
+            "eval.road=false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        base,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (sweep / "0" / "metrics.json").exists()
+    assert str(missing) in result.stdout + result.stderr + (sweep / "0" / "eval.log").read_text()
+    report = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert report["num_images"] == 4
+    assert 0 <= report["maps"]["own"]["pointing_game"] <= 1
+
+
 # ------------------------------------------------------------- copied run folders (issue 17, item 7)
 
 
+@pytest.mark.slow
 def test_stability_on_copied_run_folders_uses_the_copies_files(runs, tmp_path, caplog):
     import shutil
 
-    from lficam.evaluate import evaluate_stability
+    from lficam.evaluation.classification import evaluate_stability
 
     base, originals = runs
     first, second = tmp_path / "first", tmp_path / "second"
@@ -412,15 +445,16 @@ def test_stability_on_copied_run_folders_uses_the_copies_files(runs, tmp_path, c
         ),
     ],
 )
+@pytest.mark.slow
 def test_an_eval_count_no_evaluation_can_use_is_one_sentence(overrides, sentence, tmp_path, caplog):
-    from lficam.evaluate import run_eval as eval_task
+    from lficam.evaluation.command import run_eval as eval_task
 
     # the options are refused before the checkpoint is read: it need not exist
     cfg = compose_eval([f"ckpt_path={tmp_path / 'absent.ckpt'}", *overrides], tmp_path / "out", tmp_path)
-    with caplog.at_level(logging.ERROR, logger="lficam"), pytest.raises(SystemExit) as exit_:
+    # a UserError: the command line says it in one sentence, exit code 2 (in eval.py -m, the sweep goes on)
+    with pytest.raises(UserError) as refused:
         eval_task(cfg)
-    assert exit_.value.code == 2
-    assert caplog.messages == [sentence]
+    assert [str(refused.value)] == [sentence]
 
 
 # ---------------------------------------------- test data of other classes (item 8), data_overrides (12e)
@@ -435,17 +469,18 @@ def test_the_documented_data_overrides_form_works(tmp_path):
     assert dict(cfg.eval.data_overrides) == {"num_workers": 2, "test_size": 500}
 
 
+@pytest.mark.slow
 def test_test_data_of_other_classes_is_refused_unless_allowed(runs, tmp_path, caplog):
-    from lficam.evaluate import run_eval as eval_task
+    from lficam.evaluation.command import run_eval as eval_task
 
     _, (run, _) = runs
     ckpt = run / "checkpoints" / "last.ckpt"
     fewer = [f"ckpt_path={ckpt}", "eval.data_overrides={num_classes: 4}", *QUICK_EVAL]
     cfg = compose_eval(fewer, tmp_path / "refused", run.parent / "data")
-    with caplog.at_level(logging.ERROR, logger="lficam"), pytest.raises(SystemExit) as exit_:
+    # a UserError: the command line says it in one sentence, exit code 2 (in eval.py -m, the sweep goes on)
+    with pytest.raises(UserError) as refused:
         eval_task(cfg)
-    assert exit_.value.code == 2
-    assert caplog.messages == [
+    assert [str(refused.value)] == [
         f"{str(ckpt)!r} was trained on {SHAPES} but the test data (ShapesDataModule) has 4 classes (disk, square, "
         "triangle, star); evaluate on the checkpoint's own data (leave data unset), or pass "
         "eval.allow_other_data=true to score it on these classes anyway."
@@ -471,8 +506,9 @@ def _image_folder(root, classes):
             Image.new("RGB", (16, 16), (20 * i, 0, 0)).save(root / split / name / "a.png")
 
 
+@pytest.mark.slow
 def test_test_data_of_other_class_names_is_refused(runs, tmp_path, caplog):
-    from lficam.evaluate import run_eval as eval_task
+    from lficam.evaluation.command import run_eval as eval_task
 
     _, (run, _) = runs
     ckpt = run / "checkpoints" / "last.ckpt"
@@ -485,10 +521,10 @@ def test_test_data_of_other_class_names_is_refused(runs, tmp_path, caplog):
         "data.num_workers=0",
     ]
     cfg = compose_eval([f"ckpt_path={ckpt}", *data, *QUICK_EVAL], tmp_path / "out", tmp_path)
-    with caplog.at_level(logging.ERROR, logger="lficam"), pytest.raises(SystemExit) as exit_:
+    # a UserError: the command line says it in one sentence, exit code 2 (in eval.py -m, the sweep goes on)
+    with pytest.raises(UserError) as refused:
         eval_task(cfg)
-    assert exit_.value.code == 2
-    assert caplog.messages == [
+    assert [str(refused.value)] == [
         f"{str(ckpt)!r} was trained on {SHAPES} but the test data (ImageFolderDataModule) has 10 classes (bag, "
         "boot, coat, dress, …); evaluate on the checkpoint's own data (leave data unset), or pass "
         "eval.allow_other_data=true to score it on these classes anyway."
@@ -500,10 +536,79 @@ def test_test_data_of_other_class_names_is_refused(runs, tmp_path, caplog):
         [f"ckpt_path={ckpt}", *data, *QUICK_EVAL, "eval.allow_other_data=true"], tmp_path / "o2", tmp_path
     )
     caplog.clear()
-    with caplog.at_level(logging.ERROR, logger="lficam"), pytest.raises(SystemExit):
+    with pytest.raises(UserError) as refused:
         eval_task(cfg)
-    assert caplog.messages == [
+    assert [str(refused.value)] == [
         "The test data (ImageFolderDataModule) has 12 classes (c00, c01, c02, c03, …), more than the 10 outputs "
         f"of {str(ckpt)!r}, so its labels cannot be scored even with eval.allow_other_data=true; evaluate on "
         "data of at most 10 classes."
     ]
+
+
+# ------------------------------------- one definition of each number: eval.py and the study agree (issue 18)
+
+
+@pytest.mark.slow
+def test_eval_and_the_study_give_the_same_value_for_every_metric(runs, tmp_path):
+    """One checkpoint, the same first 8 test images, the same protocol: eval.py's metrics.json and the study's
+    metrics.json agree on every metric both compute (all of them but ROAD, which the study does not run), for
+    the own map and Grad-CAM; and the cross-run statistics of a one-pair group agree, std NaN in both."""
+    from omegaconf import OmegaConf
+
+    from lficam.study import attention as study_attention
+    from lficam.study.stability import stability_groups
+
+    base, (run, second) = runs
+    best = best_checkpoint(run)
+    cfg = compose_eval(
+        [f"ckpt_path={best}", "eval.num_images=8", "eval.cams=[gradcam]", "eval.road=false"],
+        tmp_path / "eval",
+        base / "data",
+    )
+    report = evaluate_checkpoint(cfg)
+    options = OmegaConf.create(
+        {
+            "images": 8,
+            "faithfulness_images": 8,
+            "stability_images": 8,
+            "faithfulness_steps": report["protocol"]["curve_steps"],
+            "noise_std": 0.1,
+            "noise_samples": 4,
+            "mask_iou_threshold": 0.5,
+            "batch_size": int(cfg.eval.batch_size),
+        }
+    )
+    test = study_attention.load_test_images(best, 8, torch.device("cpu"))
+    study = study_attention.evaluate_run(run, test, ["own", "gradcam"], options, True, torch.device("cpu"))
+    assert report["num_images"] == study["num_images"] == 8
+    expected = {
+        "own": set(METRICS) - {"road_morf", "road_lerf", "road_combined"},
+        # eval.py scores input stability for the own map only
+        "gradcam": set(METRICS)
+        - {"road_morf", "road_lerf", "road_combined"}
+        - {m for m in METRICS if "stab" in m},
+    }
+    for method, names in expected.items():
+        assert set(report["maps"][method]) == names
+        for name in names:
+            mine, theirs = report["maps"][method][name], study["maps"][method][name]
+            assert mine == pytest.approx(theirs, rel=1e-6, nan_ok=True), (method, name)
+
+    out = tmp_path / "stability"
+    cfg = compose_eval(
+        [f"stability.runs=[{best},{best_checkpoint(second)}]", "stability.num_images=8"], out, base / "data"
+    )
+    cross = evaluate_stability(cfg)
+    kept = []
+    for folder in (run, second):
+        model = lficam.load(best_checkpoint(folder)).eval()
+        from lficam.evaluation.maps import map_fn, maps_of
+
+        kept.append({"label": folder.name, "maps": maps_of(map_fn(model, "own"), test.images, 8)})
+    studied = stability_groups(kept, {"lficam": [run.name, second.name]})["groups"]["lficam"]
+    group = cross["by_attention"]["lficam"]
+    assert group["pairs"] == studied["pairs"] == 1
+    for key in ("iou_mean", "spearman_mean"):
+        assert group[key] == pytest.approx(studied[key], rel=1e-6)
+    assert math.isnan(group["iou_std"]) and math.isnan(studied["iou_std"])
+    assert json.loads((out / "stability.json").read_text())["by_attention"]["lficam"]["iou_std"] is None

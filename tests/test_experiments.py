@@ -82,6 +82,7 @@ def test_every_paper_pair_has_a_recipe_for_each_model() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
+@pytest.mark.slow
 def test_paper_recipe_composes_to_the_papers_numbers(name: str, tmp_path: Path) -> None:
     data, backbone, attention = RECIPES[name]
     cfg = compose_experiment(name, tmp_path)
@@ -114,7 +115,7 @@ def test_paper_recipe_composes_to_the_papers_numbers(name: str, tmp_path: Path) 
         assert cfg.model.options.stem_stride == 2
     if backbone != "resnet50":  # ResNet-50's FIN alone has 151 M parameters: built only in the one-step test
         from lficam.models import count_parameters, create_model
-        from lficam.train import model_config_of
+        from lficam.training.model_config import model_config_of
 
         net = create_model(**model_config_of(cfg))
         channels = {"cifar_resnet110": 256, "resnet18": 512}[backbone]
@@ -229,8 +230,9 @@ def fake_data(cfg, root: Path) -> list[str]:
         for n in EXPERIMENTS
     ],
 )
+@pytest.mark.slow
 def test_experiment_runs_one_step_on_fake_data(name: str, tmp_path: Path) -> None:
-    from lficam.train import train
+    from lficam.training.task import train
 
     base = compose_experiment(name, tmp_path)
     overrides = [

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lficam import explain
+from lficam import cli
+from lficam.explain import command as explain
 from tests.conftest import SMALL_MODEL, one_step_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,18 +57,18 @@ def test_writes_one_picture_per_image_with_every_map_and_the_prediction(
     capsys: pytest.CaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import lficam.viz
+    import lficam.core.pictures
 
     saved: dict[str, tuple] = {}
-    real_save = lficam.viz.save_side_by_side
+    real_save = lficam.core.pictures.save_side_by_side
 
     def spy(path, image, maps, title=""):
         saved[Path(path).name] = (image, maps, title)
         return real_save(path, image, maps, title)
 
-    monkeypatch.setattr(lficam.viz, "save_side_by_side", spy)
+    monkeypatch.setattr(explain, "save_side_by_side", spy)
     out = tmp_path / "explained"
-    assert explain.main(_args(checkpoint, pictures, out)) == 0
+    assert cli.explain(_args(checkpoint, pictures, out)) == 0
     assert capsys.readouterr().out.strip() == str(out)
     assert sorted(p.name for p in out.iterdir()) == ["noise.png", "red.png"]
     with Image.open(out / "red.png") as picture:
@@ -113,6 +114,7 @@ def test_reads_red_as_red(pictures: list[Path]) -> None:
         ("bad_override", "write them as key=value"),
     ],
 )
+@pytest.mark.slow
 def test_user_mistakes_get_one_sentence_and_exit_code_2(
     case: str,
     expected: str,
@@ -142,7 +144,7 @@ def test_user_mistakes_get_one_sentence_and_exit_code_2(
         args = args[1:]
     elif case == "bad_override":
         args.append("colour=blue")
-    assert explain.main(args) == 2
+    assert cli.explain(args) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err
     assert "\n" not in err
@@ -150,6 +152,7 @@ def test_user_mistakes_get_one_sentence_and_exit_code_2(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_as_a_module_from_the_shell(checkpoint: Path, pictures: list[Path], tmp_path: Path) -> None:
     missing = tmp_path / "missing.jpg"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import lficam
+from lficam.cli import export as main
 from lficam.data import ShapesDataModule
-from lficam.export import export, main
-from lficam.module import LitClassifier
+from lficam.export import export
+from lficam.training.module import LitClassifier
 from tests.conftest import quiet_trainer
 
 CONFIG = {"backbone": "cifar_resnet20", "num_classes": 5, "attention": "lficam", "block": "auto"}
@@ -46,6 +47,7 @@ def _reference(checkpoint: Path, images: torch.Tensor) -> tuple[torch.Tensor, to
     return output.logits, output.attention
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch_at_another_batch_size(checkpoint: Path, tmp_path: Path) -> None:
     import onnx
     import onnxruntime
@@ -174,6 +176,7 @@ def _default_opset(model_path: Path) -> list[tuple[str, int]]:
     ]
 
 
+@pytest.mark.slow
 def test_onnx_is_written_at_the_opset_asked_for(checkpoint: Path, tmp_path: Path) -> None:
     """21 is not the exporter's own 18: the file really is converted to it."""
     report = export(checkpoint, "onnx", tmp_path / "model.onnx", opset=21)
@@ -187,7 +190,7 @@ def test_an_opset_the_exporter_cannot_write_is_one_sentence_and_nothing_is_writt
 ) -> None:
     import onnx
 
-    from lficam.export import onnx_opsets
+    from lficam.export.exporter import onnx_opsets
 
     assert onnx_opsets() == (18, onnx.defs.onnx_opset_version())
     kept = tmp_path / "kept.onnx"
@@ -205,13 +208,14 @@ def test_an_opset_the_exporter_cannot_write_is_one_sentence_and_nothing_is_writt
     assert kept.read_bytes() == b"an earlier export"
 
 
+@pytest.mark.slow
 def test_an_export_at_another_opset_than_asked_is_refused_and_not_kept(
     checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Were 17 offered, torch would export at 18 (its version converter fails on these models) and say so
     only in a log line: the written file's opset is checked, and the file is not kept."""
-    import lficam.export as exporting
-    from lficam.errors import UserError
+    import lficam.export.exporter as exporting
+    from lficam.core.errors import UserError
 
     monkeypatch.setattr(exporting, "onnx_opsets", lambda: (7, 28))
     kept = tmp_path / "model.onnx"

@@ -15,13 +15,14 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 from safetensors import safe_open
 
-import lficam.pairs
-from lficam import cams, explain
+import lficam.evaluation.pairs
+from lficam import cams, cli
 from lficam.cams.fam import pooled_features
-from lficam.evaluate import run_eval as run_eval_command
-from lficam.pairs import save_embedding
-from lficam.prototypes import KIND, data_split, training_data_config
-from lficam.train import train
+from lficam.evaluation.command import run_eval as run_eval_command
+from lficam.evaluation.pairs import save_embedding
+from lficam.evaluation.prototypes import KIND, data_split, training_data_config
+from lficam.explain import command as explain
+from lficam.training.task import train
 from tests.conftest import CONF, TINY, compose_train
 
 pytestmark = pytest.mark.slow
@@ -59,13 +60,13 @@ def normalised(net: torch.nn.Module, paths: list[Path]) -> torch.Tensor:
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple]:
     saved: dict[str, tuple] = {}
-    real = lficam.pairs.save_panel_rows
+    real = lficam.evaluation.pairs.save_panel_rows
 
     def record(path, rows, title=""):
         saved[Path(path).name] = (rows, title)
         return real(path, rows, title)
 
-    monkeypatch.setattr(lficam.pairs, "save_panel_rows", record)
+    monkeypatch.setattr(lficam.evaluation.pairs, "save_panel_rows", record)
     return saved
 
 
@@ -82,7 +83,7 @@ def test_explain_writes_one_picture_per_pair_with_fam_on_both_sides(
         f"reference={ref}",
         f"output_dir={out}",
     ]
-    assert explain.main(args) == 0
+    assert cli.explain(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a_fam_ref.png", "b_fam_ref.png"]
 
     net, _ = explain.load_checkpoint(ckpt)
@@ -100,7 +101,7 @@ def test_explain_writes_one_picture_per_pair_with_fam_on_both_sides(
 
     # The roles swapped on the command line: the maps trade places.
     swapped = [f"ckpt_path={ckpt}", f"images=[{ref}]", "methods=[fam]", f"reference={a}", f"output_dir={out}"]
-    assert explain.main(swapped) == 0
+    assert cli.explain(swapped) == 0
     rows, _ = spy["ref_fam_a.png"]
     torch.testing.assert_close(rows[0][1][1], spy["a_fam_ref.png"][0][0][3][1], rtol=0, atol=1e-5)
     torch.testing.assert_close(rows[0][3][1], spy["a_fam_ref.png"][0][0][1][1], rtol=0, atol=1e-5)
@@ -114,7 +115,7 @@ def test_explain_writes_one_picture_per_pair_with_fam_on_both_sides(
         "fam.similarity=euclidean",
         f"output_dir={tmp_path / 'each'}",
     ]
-    assert explain.main(each) == 0
+    assert cli.explain(each) == 0
     names = sorted(p.name for p in (tmp_path / "each").iterdir())
     assert names == ["a.png", "a_fam_b.png", "b.png", "b_fam_a.png"]
     distance = (pooled_features(net, x[:1]) - pooled_features(net, x[1:])).square().sum()
@@ -160,7 +161,7 @@ def test_bad_references_get_one_sentence(
     elif case == "fam_reference":
         reference, extra = "null", ["fam.reference=centroid"]
     args = [f"ckpt_path={ckpt}", f"images=[{a},{b}]", f"methods={methods}", f"reference={reference}", *extra]
-    assert explain.main([*args, f"output_dir={tmp_path / 'out'}"]) == 2
+    assert cli.explain([*args, f"output_dir={tmp_path / 'out'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert expected.format(missing=missing) in err
     assert "\n" not in err and "Traceback" not in err
@@ -176,7 +177,7 @@ def test_an_embedding_file_as_the_reference(
         tmp_path / "ref.safetensors", pooled_features(net, r), layer="backbone.stages.2"
     )
     args = [f"ckpt_path={ckpt}", f"images=[{pictures['a.png']}]", "methods=[fam]", f"reference={embedding}"]
-    assert explain.main([*args, f"output_dir={tmp_path / 'out'}"]) == 0
+    assert cli.explain([*args, f"output_dir={tmp_path / 'out'}"]) == 0
     rows, title = spy["a_fam_ref.png"]
     assert len(rows[0]) == 2  # an embedding has no picture of its own
     x = normalised(net, [pictures["a.png"]])
@@ -187,15 +188,11 @@ def test_an_embedding_file_as_the_reference(
 def test_explain_with_class_prototypes(
     trained: tuple[Path, Path], pictures: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lficam.viz
-
     _, ckpt = trained
     saved = {}
-    monkeypatch.setattr(
-        lficam.viz, "save_side_by_side", lambda path, image, maps, title="": saved.update(maps)
-    )
+    monkeypatch.setattr(explain, "save_side_by_side", lambda path, image, maps, title="": saved.update(maps))
     args = [f"ckpt_path={ckpt}", f"images=[{pictures['a.png']}]", "methods=[fam]", "fam.reference=prototypes"]
-    assert explain.main([*args, "fam.prototype_images=3", f"output_dir={tmp_path}"]) == 0
+    assert cli.explain([*args, "fam.prototype_images=3", f"output_dir={tmp_path}"]) == 0
     cache = sorted(ckpt.parent.glob("last.ckpt.fam-prototypes-*.safetensors"))
     assert len(cache) == 1
     with safe_open(str(cache[0]), framework="pt") as f:

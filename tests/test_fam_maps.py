@@ -9,8 +9,8 @@ from torch import nn
 
 from lficam import cams
 from lficam.cams.fam import SimilarityGradCAM, pooled_features, similarity_score
-from lficam.errors import UserError
-from lficam.pairs import load_embedding, save_embedding
+from lficam.core.errors import UserError
+from lficam.evaluation.pairs import load_embedding, save_embedding
 
 
 class Embedder(nn.Module):

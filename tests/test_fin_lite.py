@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lficam.errors import UnknownNameError
+from lficam.core.errors import UnknownNameError
 from lficam.models import count_parameters, create_model
 from lficam.models.fin import FeatureImportanceNetwork
 from lficam.models.fin_lite import LiteFeatureImportanceNetwork, lite_fin_parameters, lite_fin_width

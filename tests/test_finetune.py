@@ -16,9 +16,10 @@ from PIL import Image
 
 import lficam
 from lficam.data import ShapesDataModule
-from lficam.finetune import FreezeBackbone, parameter_groups
-from lficam.module import LitClassifier
-from lficam.train import build_module, train
+from lficam.training.finetune import FreezeBackbone
+from lficam.training.module import LitClassifier
+from lficam.training.optimizers import parameter_groups
+from lficam.training.task import build_module, train
 from tests.conftest import TINY, compose_train, quiet_trainer
 
 
@@ -110,7 +111,7 @@ def test_a_frozen_backbone_keeps_weights_and_batchnorm_statistics_then_trains(tm
 
 
 def test_freeze_epochs_must_be_a_count():
-    with pytest.raises(lficam.errors.UserError, match=r"freeze_backbone\.epochs must be an integer"):
+    with pytest.raises(lficam.core.errors.UserError, match=r"freeze_backbone\.epochs must be an integer"):
         FreezeBackbone(epochs=-1)
 
 
@@ -124,6 +125,7 @@ def _image_folder(root):
                 Image.fromarray(pixels).save(root / split / name / f"{i}.png")
 
 
+@pytest.mark.slow
 def test_finetune_experiment_runs_one_step_from_the_cached_pretrained_resnet50(tmp_path, monkeypatch):
     # the pretrained file sits in torch's cache, as after a first download; the network is not used
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

@@ -2,7 +2,8 @@
 images of an image folder, checkpoints, safetensors exports and backbone weights files.
 
 Each test starts from a valid file of the kind, edits it (tests/fuzzing.py) and asserts that the reader
-succeeds or says one sentence (UserError), with bounded memory. ``LFICAM_FUZZ_EXAMPLES=20000`` runs a long
+succeeds or says one sentence (UserError), with bounded memory; the valid files themselves must be read, with
+the values written (``test_the_valid_*``). ``LFICAM_FUZZ_EXAMPLES=20000`` runs a long
 budget of random examples per test instead of the suite's fixed, derandomised one.
 """
 
@@ -23,14 +24,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save as save_safetensors
+from torchvision import tv_tensors
 
 import lficam
+from lficam.checkpoints.loading import METADATA_KEY, read_checkpoint, read_safetensors
+from lficam.core.errors import UserError
 from lficam.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from lficam.data.image_folder import ImageFileDataset, ImageFolderDataModule
-from lficam.errors import UserError
-from lficam.loading import METADATA_KEY, read_checkpoint, read_safetensors
-from lficam.models.backbones import load_matching_state, load_weights_file
-from tests.fuzzing import bounded_memory, check_reader, file_bytes, fuzz_settings, mutated
+from lficam.models.weight_files import load_matching_state, load_weights_file
+from tests.fuzzing import bounded_memory, check_reader, file_bytes, fuzz_settings, mutated, read_valid
 
 MODEL = {"backbone": "cifar_resnet20", "num_classes": 2, "attention": "none"}
 
@@ -38,9 +40,12 @@ MODEL = {"backbone": "cifar_resnet20", "num_classes": 2, "attention": "none"}
 # --- valid files to start from ---------------------------------------------------------------------------
 
 
+CIFAR_PIXELS = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+CIFAR_LABELS = [3, 7]
+
+
 def _cifar_batch(protocol: int, labels: str = "labels") -> bytes:
-    images = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
-    batch = {b"batch_label": b"training batch 1 of 5", labels.encode(): [3, 7], b"data": images}
+    batch = {b"batch_label": b"training batch 1 of 5", labels.encode(): CIFAR_LABELS, b"data": CIFAR_PIXELS}
     batch[b"filenames"] = [b"a.png", b"b.png"]
     data = pickle.dumps(batch, protocol=protocol)
     # the authors' files were written by Python 2, whose numpy lived under numpy.core
@@ -49,18 +54,22 @@ def _cifar_batch(protocol: int, labels: str = "labels") -> bytes:
 
 CIFAR10_BATCHES = (_cifar_batch(2), _cifar_batch(4))
 CIFAR100_BATCHES = (_cifar_batch(2, "fine_labels"), _cifar_batch(4, "coarse_labels"))
-CIFAR_META = pickle.dumps({b"label_names": [b"airplane", b"automobile"] * 5, b"num_vis": 3072}, protocol=2)
-CIFAR_BINARY = bytes(range(256)) * 36 + bytes(3 * 3073 - 256 * 36)  # three records, label bytes 0, 3, 6
+CLASS_NAMES = ["airplane", "automobile"] * 5
+CIFAR_META = pickle.dumps({b"label_names": [n.encode() for n in CLASS_NAMES], b"num_vis": 3072}, protocol=2)
+CIFAR_BINARY = bytes(range(256)) * 36 + bytes(3 * 3073 - 256 * 36)  # three records, label bytes 0, 1, 2
+
+IMAGE_PIXELS = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3) * 5
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "PPM", "TIFF", "WEBP")
+LOSSY_FORMATS = ("JPEG", "WEBP")  # Pillow's defaults: the rest decode to IMAGE_PIXELS exactly
 
 
 def _image(format: str, **options: object) -> bytes:
-    pixels = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3) * 5
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=format, **options)
+    Image.fromarray(IMAGE_PIXELS).save(buffer, format=format, **options)
     return buffer.getvalue()
 
 
-IMAGES = tuple(_image(f) for f in ("PNG", "JPEG", "GIF", "BMP", "PPM", "TIFF", "WEBP"))
+IMAGES = tuple(_image(f) for f in IMAGE_FORMATS)
 
 
 @cache
@@ -92,12 +101,41 @@ def _exports() -> tuple[bytes, bytes]:
     return save_safetensors(_network(), metadata), save_safetensors({"fc.bias": torch.zeros(2)}, metadata)
 
 
+def _weights_state() -> dict[str, torch.Tensor]:
+    return {
+        "conv1.weight": torch.arange(64 * 3 * 7 * 7, dtype=torch.float32).reshape(64, 3, 7, 7),
+        "bn1.running_mean": torch.arange(64, dtype=torch.float32),
+    }
+
+
 @cache
 def _weights() -> tuple[bytes, bytes]:
-    state = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.running_mean": torch.zeros(64)}
+    """A backbone's weights as torch.save writes them (.pth) and as safetensors."""
+    state = _weights_state()
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue(), save_safetensors(state)
+
+
+class _Stem(torch.nn.Module):
+    """The module the weights of :func:`_weights` fit: every key of one, with its shape, is in the other
+    (a whole torchvision ResNet would refuse them, so the fuzz would never reach a load that succeeds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 64, 7, bias=False)
+        self.bn1 = torch.nn.Module()
+        self.bn1.register_buffer("running_mean", torch.zeros(64))
+        self.fc = torch.nn.Linear(64, 2)  # the classifier the head replaces: ignored
+
+
+def _load_backbone_weights(path: Path) -> torch.nn.Module:
+    module = _Stem()
+    state = load_weights_file(path)
+    load_matching_state(
+        module, state, source=str(path), target="resnet18", ignored=lambda k: k.startswith("fc.")
+    )
+    return module
 
 
 @st.composite
@@ -133,9 +171,9 @@ def test_cifar_python_batch(content: bytes, variant: type) -> None:
 
 
 @fuzz_settings(default=50)
-@given(content=file_bytes(*CIFAR100_BATCHES))
-def test_cifar100_python_batch(content: bytes) -> None:
-    check_reader(_cifar_python(CIFAR100DataModule), content, "train")
+@given(content=file_bytes(*CIFAR100_BATCHES), labels=st.sampled_from(("fine", "coarse")))
+def test_cifar100_python_batch(content: bytes, labels: str) -> None:
+    check_reader(lambda p: CIFAR100DataModule(p.parent, labels=labels)._python_arrays(p), content, "train")
 
 
 def test_an_unpickler_message_of_two_lines_becomes_one_sentence(tmp_path: Path) -> None:
@@ -206,36 +244,110 @@ def test_safetensors_export_load(content: bytes) -> None:
     check_reader(lficam.load, content, "model.safetensors")
 
 
-@cache
-def _resnet18() -> torch.nn.Module:
-    import torchvision
-
-    return torchvision.models.resnet18(weights=None)
-
-
 @fuzz_settings(default=100)
 @given(
     content=st.one_of(file_bytes(*_weights()), _member_mutated(_weights()[0], "data.pkl")),
     suffix=st.sampled_from((".pth", ".safetensors")),
 )
 def test_backbone_weights_file(content: bytes, suffix: str) -> None:
-    def read(path: str) -> None:
-        state = load_weights_file(path)
-        load_matching_state(
-            _resnet18(), state, source=path, target="resnet18", ignored=lambda k: k.startswith("fc.")
-        )
-
-    check_reader(read, content, f"weights{suffix}")
+    check_reader(_load_backbone_weights, content, f"weights{suffix}")
 
 
-def test_the_valid_files_are_read() -> None:
-    """The fuzzed files start out valid: what the fuzz finds is about the edits."""
-    check_reader(_cifar_python(CIFAR10DataModule), CIFAR10_BATCHES[0], "data_batch_1")
-    check_reader(_cifar_python(CIFAR10DataModule), CIFAR10_BATCHES[1], "data_batch_1")
-    check_reader(lficam.load, _checkpoints()[0], "last.ckpt")
-    check_reader(lficam.load, _exports()[0], "model.safetensors")
-    for content in _weights():
-        check_reader(lambda p: load_weights_file(p), content, "w.pth")
+# --- the valid files are read, with the values written: what the fuzz finds is about the edits ------------
+
+
+def _assert_same_tensors(read: dict[str, torch.Tensor], written: dict[str, torch.Tensor]) -> None:
+    assert sorted(read) == sorted(written)
+    for key, tensor in written.items():
+        assert read[key].dtype == tensor.dtype and torch.equal(read[key], tensor), key
+
+
+@pytest.mark.parametrize(
+    ("variant", "labels", "content"),
+    [
+        (CIFAR10DataModule, "fine", CIFAR10_BATCHES[0]),
+        (CIFAR10DataModule, "fine", CIFAR10_BATCHES[1]),
+        (CIFAR100DataModule, "fine", CIFAR100_BATCHES[0]),
+        (CIFAR100DataModule, "coarse", CIFAR100_BATCHES[1]),
+    ],
+    ids=["cifar10-protocol2", "cifar10-protocol4", "cifar100-fine", "cifar100-coarse"],
+)
+def test_the_valid_cifar_python_batches_are_read(variant: type, labels: str, content: bytes) -> None:
+    pixels, read_labels = read_valid(
+        lambda p: variant(p.parent, labels=labels)._python_arrays(p), content, "data_batch_1"
+    )
+    assert pixels.dtype == torch.uint8 and torch.equal(
+        pixels, torch.from_numpy(CIFAR_PIXELS).reshape(2, 3, 32, 32)
+    )
+    assert read_labels.tolist() == CIFAR_LABELS
+
+
+def test_the_valid_cifar_binary_batch_and_class_names_are_read() -> None:
+    records = torch.from_numpy(np.frombuffer(CIFAR_BINARY, dtype=np.uint8).reshape(3, 3073).copy())
+    pixels, labels = read_valid(
+        lambda p: CIFAR10DataModule(p.parent)._read("binary", p.parent, [p.name]),
+        CIFAR_BINARY,
+        "data_batch_1.bin",
+    )
+    assert torch.equal(pixels, records[:, 1:].reshape(3, 3, 32, 32)) and labels.tolist() == [0, 1, 2]
+    # CLASS_NAMES, not the built-in CIFAR-10 names that a refused file falls back to
+    python_names = read_valid(
+        lambda p: CIFAR10DataModule(p.parent)._class_names("python", p.parent), CIFAR_META, "batches.meta"
+    )
+    binary_names = read_valid(
+        lambda p: CIFAR10DataModule(p.parent)._class_names("binary", p.parent),
+        "".join(f"{n}\n" for n in CLASS_NAMES).encode(),
+        "batches.meta.txt",
+    )
+    assert python_names == binary_names == CLASS_NAMES
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize(("format", "content"), zip(IMAGE_FORMATS, IMAGES, strict=True), ids=IMAGE_FORMATS)
+def test_the_valid_images_are_read(format: str, content: bytes, train: bool) -> None:
+    transform = _FOLDER.transforms(train)
+    item = read_valid(lambda p: ImageFileDataset([(p, 0)], transform, random=train)[0], content, "image.jpg")
+    assert item["image"].shape == (3, 16, 16) and item["image"].dtype == torch.float32
+    assert item["label"].item() == 0 and item["index"].item() == 0
+    # the pixels written, through the same transform (a training crop drawn as the dataset draws item 0's)
+    with ImageFileDataset([(Path("unused"), 0)], transform, random=train).seeded(0):
+        expected = transform(tv_tensors.Image(torch.from_numpy(IMAGE_PIXELS).permute(2, 0, 1)))
+    if format in LOSSY_FORMATS:  # a black or shuffled image is off by about 2 on average
+        assert (item["image"] - expected).abs().mean() < 0.5
+    else:
+        torch.testing.assert_close(item["image"], expected, rtol=0, atol=1e-5)
+
+
+def test_the_valid_checkpoints_are_read_and_loaded() -> None:
+    for content, state in zip(_checkpoints(), (_network(), {"fc.bias": torch.zeros(2)}), strict=True):
+        checkpoint = read_valid(read_checkpoint, content, "last.ckpt")
+        _assert_same_tensors(checkpoint["state_dict"], {f"net.{k}": v for k, v in state.items()})
+        assert checkpoint["hyper_parameters"] == {"model_config": MODEL}
+    model = read_valid(lficam.load, _checkpoints()[0], "last.ckpt")
+    _assert_same_tensors(model.state_dict(), _network())
+    assert model.lficam_metadata["model_config"] == MODEL
+    assert model.lficam_metadata["input"] == {"image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+def test_the_valid_exports_are_read_and_loaded() -> None:
+    for content, state in zip(_exports(), (_network(), {"fc.bias": torch.zeros(2)}), strict=True):
+        tensors, metadata = read_valid(read_safetensors, content, "model.safetensors")
+        _assert_same_tensors(tensors, state)
+        assert metadata == {"model_config": MODEL, "input": {"image_size": 16}}
+    model = read_valid(lficam.load, _exports()[0], "model.safetensors")
+    _assert_same_tensors(model.state_dict(), _network())
+    assert model.lficam_metadata["model_config"] == MODEL
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix"), zip(_weights(), (".pth", ".safetensors"), strict=True), ids=["pth", "safetensors"]
+)
+def test_the_valid_backbone_weights_are_read_and_fit(content: bytes, suffix: str) -> None:
+    _assert_same_tensors(read_valid(load_weights_file, content, f"weights{suffix}"), _weights_state())
+    module = read_valid(_load_backbone_weights, content, f"weights{suffix}")
+    _assert_same_tensors(
+        {k: v for k, v in module.state_dict().items() if not k.startswith("fc.")}, _weights_state()
+    )
 
 
 @pytest.mark.parametrize(

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from lficam.core.errors import UserError
 from lficam.data.boxes import boxes_to_mask, chosen_boxes, read_voc
 from lficam.data.decode import decode_rgb, looks_complete
 from lficam.data.idx import read_idx
 from lficam.data.masks import read_mask
-from lficam.errors import UserError
 
 EXAMPLES = int(os.environ.get("LFICAM_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(

@@ -1,6 +1,6 @@
 """ckpt_path resumes a run and says in one line which settings come from the checkpoint and which overrides it
 ignores; init_from starts a new run from a checkpoint's weights only. Both refuse a checkpoint of another
-architecture (another FIN variant included) with one sentence (lficam/resume.py, lficam/loading.py)."""
+architecture (another FIN variant included) with one sentence (lficam/training/resume.py, lficam/checkpoints/loading.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lficam.errors import UserError
-from lficam.loading import network_state_dict, read_checkpoint
-from lficam.resume import resume_banner, start_from_checkpoint
-from lficam.train import build_module, train
+from lficam.checkpoints.loading import network_state_dict, read_checkpoint
+from lficam.core.errors import UserError
+from lficam.training.resume import resume_banner, start_from_checkpoint
+from lficam.training.task import build_module, train
 from tests.conftest import compose_train
 from tests.test_validation import SMALL
 

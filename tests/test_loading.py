@@ -13,11 +13,16 @@ import torch
 from omegaconf import OmegaConf
 
 import lficam
+from lficam.checkpoints.loading import (
+    check_compatible,
+    model_config_of_checkpoint,
+    network_state_dict,
+    read_checkpoint,
+)
+from lficam.core.errors import UserError
 from lficam.data import ShapesDataModule
-from lficam.errors import UserError
 from lficam.export import export
-from lficam.loading import check_compatible, model_config_of_checkpoint, network_state_dict, read_checkpoint
-from lficam.module import LitClassifier
+from lficam.training.module import LitClassifier
 from tests.conftest import quiet_trainer
 
 CONFIG = {"backbone": "cifar_resnet20", "num_classes": 4, "attention": "lficam", "block": "auto"}
@@ -234,7 +239,7 @@ def _train_config(tmp_path: Path, overrides: list[str]):
     ],
 )
 def test_train_refuses_to_resume_another_architecture(trained, tmp_path: Path, overrides, message) -> None:
-    from lficam.train import train
+    from lficam.training.task import train
 
     path, _ = trained
     cfg = _train_config(
@@ -256,7 +261,7 @@ def test_train_refuses_to_resume_another_architecture(trained, tmp_path: Path, o
 
 
 def test_train_refuses_a_malicious_checkpoint(tmp_path: Path) -> None:
-    from lficam.train import train
+    from lficam.training.task import train
 
     marker = tmp_path / "pwned"
 

@@ -21,10 +21,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
-from lficam.callbacks import AttentionOverlays
-from lficam.errors import UserError
+from lficam.cli import run_task
+from lficam.core.errors import UserError
 from lficam.models import count_parameters, create_model
-from lficam.train import log_hyperparameters, model_config_of, run_task
+from lficam.training.callbacks import AttentionOverlays
+from lficam.training.model_config import model_config_of
+from lficam.training.task import log_hyperparameters
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 TINY = [

@@ -1,10 +1,10 @@
-"""lficam.maps, the ground floor of every map: upsampling, min-max, flat maps, logits and target classes."""
+"""lficam.core.maps, the ground floor of every map: upsampling, min-max, flat maps, logits and target classes."""
 
 import pytest
 import torch
 
-from lficam.errors import UserError
-from lficam.maps import at_image_size, is_flat, logits_of, minmax, target_classes, upsample
+from lficam.core.errors import UserError
+from lficam.core.maps import at_image_size, is_flat, logits_of, minmax, target_classes, upsample
 from lficam.models.output import ModelOutput
 
 

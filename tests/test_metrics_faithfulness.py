@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 from lficam.metrics import (
     AverageDrop,
     DeletionAUC,

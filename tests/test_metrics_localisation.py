@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 from lficam.metrics import (
     EnergyPointingGame,
     MaskIoU,
@@ -188,7 +188,7 @@ def test_pointing_game_counts_the_images_it_leaves_out_in_one_warning(caplog, fr
 def test_training_diagnostics_warn_with_the_count_of_images_without_an_object(caplog, fresh_reports):
     import logging
 
-    from lficam.diagnostics import AttentionDiagnostics
+    from lficam.training.diagnostics import AttentionDiagnostics
 
     diagnostics = AttentionDiagnostics(2, input_stability=(), stability_probe_size=0)
     batch = {

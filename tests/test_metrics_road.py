@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 from lficam.metrics import Road, linear_imputation, noisy_linear_imputation, road
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lficam.errors import UnknownNameError
+from lficam.core.errors import UnknownNameError
 from lficam.metrics import (
     EpochStability,
     InputStability,

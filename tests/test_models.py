@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lficam
-from lficam.errors import UnknownNameError, UserError
+from lficam.core.errors import UnknownNameError, UserError
 from lficam.models import LFICAMClassifier, PlainClassifier, count_parameters, create_backbone
 from lficam.models.backbones import Backbone, StageInfo
 from lficam.models.cifar_resnet import cifar_resnet
@@ -182,6 +182,7 @@ def test_plain_model_map_is_cam_of_predicted_class():
     ],
 )
 @pytest.mark.parametrize("attention", ["lficam", "none"])
+@pytest.mark.slow
 def test_every_backbone_keeps_the_contract(backbone, size, side, channels, attention):
     torch.manual_seed(0)
     model = lficam.create_model(backbone, num_classes=7, attention=attention).eval()

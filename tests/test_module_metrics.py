@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lficam.errors import UnknownNameError, UserError
-from lficam.maps import upsample as upsample_maps
+from lficam.core.errors import UnknownNameError, UserError
+from lficam.core.maps import upsample as upsample_maps
 from lficam.metrics import energy_pointing_game, mask_iou
 from lficam.models import create_model
-from lficam.module import LitClassifier
+from lficam.training.module import LitClassifier
 from tests.conftest import quiet_trainer
 
 

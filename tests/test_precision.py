@@ -16,7 +16,7 @@ import torch
 
 from lficam.data import ShapesDataModule
 from lficam.models import create_model
-from lficam.module import LitClassifier
+from lficam.training.module import LitClassifier
 
 
 def _module(seed: int = 0, **options: object) -> LitClassifier:
@@ -40,6 +40,7 @@ def _data(tmp_path) -> ShapesDataModule:
     )
 
 
+@pytest.mark.slow
 def test_mixed_precision_fit_on_cpu_gives_finite_metrics_and_maps_in_unit_range(tmp_path):
     module, data = _module(), _data(tmp_path)
     trainer = pl.Trainer(
@@ -111,6 +112,7 @@ def aot_eager_compile(monkeypatch):
     monkeypatch.setattr(torch, "compile", functools.partial(original, backend="aot_eager"))
 
 
+@pytest.mark.slow
 def test_compile_option_matches_eager_forward_and_gradients(aot_eager_compile):
     eager, compiled = _module(seed=5), _module(seed=5, compile=True)
     keys = list(compiled.state_dict())

@@ -13,8 +13,8 @@ import torchvision
 from safetensors.torch import save_file
 
 import lficam
-from lficam.errors import UserError
-from lficam.finetune import resolve_normalization
+from lficam.core.errors import UserError
+from lficam.training.finetune import resolve_normalization
 from tests.conftest import TINY, compose_train
 
 timm = pytest.importorskip("timm")
@@ -206,7 +206,7 @@ def test_torchvision_weight_normalisation_unless_the_user_sets_one_or_asks_for_t
     cfg = compose_train([*base, "model.normalization=dataset"], tmp_path)
     assert resolve_normalization(cfg) == "dataset" and "mean" not in cfg.data
     monkeypatch.setattr(
-        "lficam.finetune._user_overrides", lambda: ["+data.mean=[0.1,0.2,0.3]", "model=resnet50"]
+        "lficam.training.finetune._user_overrides", lambda: ["+data.mean=[0.1,0.2,0.3]", "model=resnet50"]
     )
     cfg = compose_train([*base, "+data.mean=[0.1,0.2,0.3]"], tmp_path)
     assert resolve_normalization(cfg) == "dataset" and list(cfg.data.mean) == [0.1, 0.2, 0.3]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lficam.errors import UserError
-from lficam.prototypes import KIND, cache_path, cached_prototypes, class_prototypes, dataset_labels
+from lficam.core.errors import UserError
+from lficam.evaluation.prototypes import KIND, cache_path, cached_prototypes, class_prototypes, dataset_labels
 from tests.test_fam_maps import Embedder
 
 

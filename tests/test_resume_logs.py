@@ -1,4 +1,4 @@
-"""A resumed run continues the interrupted run's logs (lficam/loggers.py): CSV rows before the checkpoint's
+"""A resumed run continues the interrupted run's logs (lficam/training/loggers.py): CSV rows before the checkpoint's
 step kept and later ones (written by the killed run after its checkpoint) dropped, TensorBoard events purged
 from that step, the same W&B run id. End to end: a run killed part-way and resumed in its own folder leaves the
 metrics.csv and the TensorBoard scalars of an unbroken run."""
@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lficam.loggers import CSVLogger, LogResume, instantiate_loggers, resume_step, wandb_run_id
+from lficam.training.loggers import CSVLogger, LogResume, instantiate_loggers, resume_step, wandb_run_id
 from tests.conftest import ROOT, run_quietly
 from tests.test_loggers import wandb_records
 
@@ -32,7 +32,12 @@ def _config(**loggers: dict) -> OmegaConf:
 
 
 def _csv(run: Path) -> dict:
-    return {"_target_": "lficam.loggers.CSVLogger", "save_dir": str(run), "name": "csv", "version": ""}
+    return {
+        "_target_": "lficam.training.loggers.CSVLogger",
+        "save_dir": str(run),
+        "name": "csv",
+        "version": "",
+    }
 
 
 def test_rows_reach_the_file_as_they_are_logged(tmp_path: Path) -> None:
@@ -95,7 +100,11 @@ def test_tensorboard_continues_from_the_checkpoints_step(tmp_path: Path) -> None
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     previous, run = tmp_path / "killed", tmp_path / "resumed"
-    tensorboard = {"_target_": "lficam.loggers.TensorBoardLogger", "name": "tensorboard", "version": ""}
+    tensorboard = {
+        "_target_": "lficam.training.loggers.TensorBoardLogger",
+        "name": "tensorboard",
+        "version": "",
+    }
     (killed,) = instantiate_loggers(_config(tb={**tensorboard, "save_dir": str(previous)}))
     for step in range(6):  # the checkpoint was written at step 4; steps 4 and 5 are logged again
         killed.log_metrics({"val/acc": float(step)}, step=step)

@@ -12,8 +12,8 @@ from PIL import Image
 
 from lficam import cams
 from lficam.cams.fam import SimilarityGradCAM
-from lficam.errors import UserError
-from lficam.retrieval import (
+from lficam.core.errors import UserError
+from lficam.evaluation.retrieval import (
     check_task,
     embed_dataset,
     gallery_folder,

@@ -1,4 +1,4 @@
-"""One run per folder (lficam/run_folder.py): a run started into a folder in use is refused with one sentence
+"""One run per folder (lficam/training/run_folder.py): a run started into a folder in use is refused with one sentence
 and exit code 2, the folder untouched; the lock of a killed run is gone at once; DDP ranks of the run join it."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lficam import run_folder
-from lficam.run_folder import RunFolderInUseError
+from lficam.training import run_folder
+from lficam.training.run_folder import RunFolderInUseError
 from tests.conftest import CONF, ROOT, run_quietly, subprocess_env
 
-# Another run's hold on a folder as lficam.run_folder takes it (an exclusive flock on <folder>/.lock, which
+# Another run's hold on a folder as lficam.training.run_folder takes it (an exclusive flock on <folder>/.lock, which
 # describes its holder), in a process that starts in milliseconds.
 _HOLD = """
 import fcntl, os, sys, time

@@ -23,7 +23,7 @@ from omegaconf import open_dict
 
 import lficam
 from lficam import cli
-from lficam.train import run_task
+from lficam.cli import run_task
 from tests.conftest import ROOT, compose_train
 
 TINY_RUN = [
@@ -49,6 +49,7 @@ def _hint(last: Path, run_dir: Path) -> str:
     )
 
 
+@pytest.mark.slow
 def test_sigterm_after_the_first_checkpoint_exits_143_and_says_how_to_resume(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -13,10 +13,17 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 from lficam.study import launch
 from lficam.study.plan import Run, plan_runs
-from lficam.study.report import compare, sentence
+from lficam.study.report import compare, render, sentence
+from lficam.study.results import (
+    aggregate_dataset,
+    portable_command,
+    portable_path,
+    portable_results,
+    study_dir_of,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -156,7 +163,7 @@ def test_a_copied_study_scores_its_own_checkpoints(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key", ["study.runs_dir", "study.docs_dir"])
 def test_a_study_folder_under_a_file_is_one_sentence(key: str, tmp_path: Path, capsys) -> None:
-    from lficam.study.pipeline import main
+    from lficam.cli import study_task as main
 
     (tmp_path / "a_file").write_text("")
     folder = tmp_path / "a_file" / "study"
@@ -213,7 +220,7 @@ def test_the_accuracy_claim_is_a_sentence_per_rival() -> None:
 
 @pytest.mark.slow
 def test_tiny_study_end_to_end_and_resumed(tmp_path: Path, capsys) -> None:
-    from lficam.evaluate import evaluate_stability
+    from lficam.evaluation.classification import evaluate_stability
     from lficam.study import run_study
 
     cfg = compose_study(TINY, tmp_path)
@@ -342,3 +349,79 @@ def test_step_time_steps_with_the_runs_own_optimiser() -> None:
         optimizer={**config, "backbone_lr_scale": 1.0},
     )
     assert result["optimizer"] == "torch.optim.AdamW" and result["seconds_per_step"]["lficam"] > 0
+
+
+# --- paths that read the same on any machine -------------------------------------------------------------------
+
+
+def test_paths_are_written_relative_to_the_repository_or_the_study_folder(tmp_path: Path) -> None:
+    study = tmp_path / "study" / "full"
+    assert portable_path(str(ROOT / "outputs" / "study" / "full"), str(study)) == "outputs/study/full"
+    assert portable_path(str(ROOT)) == "."
+    assert portable_path(str(study / "shapes" / "abn"), str(study)) == "$STUDY_DIR/shapes/abn"
+    assert portable_path(str(study), str(study)) == "$STUDY_DIR"
+    assert portable_path("/data/cifar", str(study)) == "/data/cifar"  # a folder of the user's own, as given
+    assert portable_path("outputs/study/full", str(study)) == "outputs/study/full"  # already portable
+    command = (
+        f"python train.py data=shapes  data.root=/data/shapes ckpt_path={study}/shapes/abn/a1_seed0/last.ckpt "
+        f"hydra.run.dir={study}/shapes/abn/a1_seed0"
+    )
+    assert study_dir_of(command, "shapes/abn/a1_seed0") == str(study)
+    assert study_dir_of(command, "shapes/plain/a1_seed0") is None
+    assert portable_command(command, str(study)) == (
+        "python train.py data=shapes  data.root=/data/shapes ckpt_path=$STUDY_DIR/shapes/abn/a1_seed0/last.ckpt "
+        "hydra.run.dir=$STUDY_DIR/shapes/abn/a1_seed0"
+    )
+
+
+def _as_written_on(results: dict, study: Path) -> dict:
+    """docs/results.json as an older lficam wrote it on a machine whose study folder was ``study``: absolute."""
+    old = json.loads(json.dumps(results))
+    old["study"]["runs_dir"] = old["meta"]["runs_dir"] = str(study)
+    old["study"]["docs_dir"] = str(study / "docs")
+    for ds in old["datasets"].values():
+        for row in ds["runs"]:
+            row["command"] = row["command"].replace(
+                "hydra.run.dir=outputs/study/full", f"hydra.run.dir={study}"
+            )
+    assert str(study) in json.dumps(old)
+    return old
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["study_in_the_repository", "study_elsewhere"])
+def test_report_and_json_name_no_absolute_path_of_the_machine(inside: bool, tmp_path: Path) -> None:
+    """An older results.json with the machine's absolute study folder renders, and is rewritten, without it."""
+    study = ROOT / "outputs" / "study" / "full" if inside else tmp_path / "study" / "full"
+    old = _as_written_on(json.loads((ROOT / "docs" / "results.json").read_text()), study)
+    page = render(old)
+    written = json.dumps(portable_results(old))
+    for text in (page, written):
+        assert str(study) not in text and str(ROOT) not in text and str(tmp_path) not in text
+    if inside:
+        assert "hydra.run.dir=outputs/study/full/shapes/abn/a1_seed0" in page
+        assert "the study folder is `outputs/study/full`" in page
+    else:
+        assert "hydra.run.dir=$STUDY_DIR/shapes/abn/a1_seed0" in page
+        assert "with `STUDY_DIR` set to the study folder" in page
+    assert portable_results(json.loads(written)) == json.loads(written)  # already portable: unchanged
+
+
+def test_aggregated_runs_write_their_commands_without_the_study_folder(tmp_path: Path) -> None:
+    run = Run("shapes", "plain", "a1", 0, ("a=1",), accuracy=True, stability=False)
+    study = tmp_path / "study"
+    record = {
+        "status": "done",
+        "wall_s": 2.0,
+        "command": f"python train.py a=1 hydra.run.dir={study / run.name}",
+    }
+    ds = aggregate_dataset({}, [run], {run.name: record}, {}, {"groups": {}}, None, ["plain"], [])
+    assert ds["runs"][0]["command"] == "python train.py a=1 hydra.run.dir=$STUDY_DIR/shapes/plain/a1_seed0"
+    assert str(tmp_path) not in json.dumps(ds)
+
+
+def test_the_committed_report_is_its_json_rendered_and_names_no_path_of_the_machine() -> None:
+    docs = ROOT / "docs"
+    page, saved = (docs / "results.md").read_text(), (docs / "results.json").read_text()
+    assert render(json.loads(saved)) == page
+    for text in (page, saved):
+        assert str(ROOT) not in text and "hydra.run.dir=/" not in text and '_dir": "/' not in text

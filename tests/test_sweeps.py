@@ -19,10 +19,10 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-import lficam.train
+import lficam.training.task
 from lficam import cli
-from lficam.errors import UserError
-from lficam.train import run_task
+from lficam.cli import run_task
+from lficam.core.errors import UserError
 from tests.conftest import run_quietly, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,6 +202,7 @@ def test_a_study_that_cannot_be_stored_or_run_is_one_sentence_before_any_trial(
     assert not HydraConfig.initialized()  # what the multirun set for itself is gone with it
 
 
+@pytest.mark.slow
 def test_sweep_over_a_key_that_does_not_exist_is_one_clear_error(tmp_path):
     done = train_py(tmp_path, "no_such_key=1,2", multirun=True)
     # Hydra's own message: the key, and how to add a new key instead
@@ -276,7 +277,7 @@ def test_a_failed_job_of_a_sweep_lets_the_sweep_go_on_and_closes_wandb(multirun,
 
     wandb = _FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", wandb)
-    monkeypatch.setattr(lficam.train, "train", fail)
+    monkeypatch.setattr(lficam.training.task, "train", fail)
     sweeper, cfg = multirun
     with caplog.at_level(logging.ERROR, logger="lficam"):
         if sweeper == "grid":  # the grid sweeper ignores results: NaN, and the sweep ends normally
@@ -291,13 +292,15 @@ def test_a_failed_job_of_a_sweep_lets_the_sweep_go_on_and_closes_wandb(multirun,
 
 
 def test_a_crash_outside_a_sweep_keeps_its_traceback(tmp_path, monkeypatch):
-    monkeypatch.setattr(lficam.train, "train", lambda cfg: (_ for _ in ()).throw(RuntimeError("a bug")))
+    monkeypatch.setattr(
+        lficam.training.task, "train", lambda cfg: (_ for _ in ()).throw(RuntimeError("a bug"))
+    )
     with pytest.raises(RuntimeError, match="a bug"):
         run_task(compose_train(tmp_path, *TINY))
 
 
 def test_optimized_metric_that_was_not_logged_is_a_clear_error(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(lficam.train, "train", lambda cfg: {"val/acc": 0.5, "val/loss": 1.0})
+    monkeypatch.setattr(lficam.training.task, "train", lambda cfg: {"val/acc": 0.5, "val/loss": 1.0})
     cfg = compose_train(tmp_path, *TINY, "optimized_metric=val/accuracy")
     with caplog.at_level("ERROR", logger="lficam"), pytest.raises(SystemExit) as exit_:
         run_task(cfg)

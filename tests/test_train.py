@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lficam.train import train
+from lficam.training.task import train
 from tests.conftest import ROOT, TINY, compose_train, subprocess_env
 
 CLI_TINY = [
@@ -35,6 +35,7 @@ def run_cli(args, tmp_path, timeout=300):
     )
 
 
+@pytest.mark.slow
 def test_fast_dev_run_through_the_task(tmp_path):
     cfg = compose_train([*TINY, "debug=fdr"], tmp_path)
     metrics = train(cfg)
@@ -67,6 +68,7 @@ def test_short_training_learns_the_shapes(tmp_path):
     assert summary["best_checkpoint"].endswith(".ckpt")
 
 
+@pytest.mark.slow
 def test_cli_short_job_writes_checkpoint_and_csv(tmp_path):
     run_dir = tmp_path / "SOME_DIR"
     result = run_cli([*CLI_TINY, f"hydra.run.dir={run_dir}"], tmp_path)
@@ -94,6 +96,7 @@ def test_cli_short_job_writes_checkpoint_and_csv(tmp_path):
         ("no_such_key=1", "Could not override 'no_such_key'"),
     ],
 )
+@pytest.mark.slow
 def test_cli_bad_choice_is_one_clear_message(override, expected, tmp_path):
     result = run_cli([override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=120)
     assert result.returncode != 0
@@ -101,6 +104,7 @@ def test_cli_bad_choice_is_one_clear_message(override, expected, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_non_finite_loss_stops_with_a_sentence(tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli([*CLI_TINY, "optimizer.lr=1e30", f"hydra.run.dir={run_dir}"], tmp_path)

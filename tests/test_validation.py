@@ -1,4 +1,4 @@
-"""Values that cannot train get one sentence before any training (lficam/validation.py), and a non-finite
+"""Values that cannot train get one sentence before any training (lficam/training/config_checks.py), and a non-finite
 loss names the checkpoint that exists, or says that none does (NonFiniteLossError.during_training)."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from lficam.errors import NonFiniteLossError, UserError
-from lficam.train import run_task, train
-from lficam.validation import check_data
+from lficam.cli import run_task
+from lficam.core.errors import NonFiniteLossError, UserError
+from lficam.training.config_checks import check_data
+from lficam.training.task import train
 from tests.conftest import TINY, compose_train
 
 SMALL = [

@@ -3,7 +3,7 @@
 import matplotlib
 import torch
 
-from lficam.viz import colorize, count_nonfinite
+from lficam.core.pictures import colorize, count_nonfinite
 
 
 def test_colorize_looks_up_the_colour_map_at_each_value():

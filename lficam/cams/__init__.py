@@ -17,7 +17,7 @@ from lficam.cams.layercam import LayerCAM
 from lficam.cams.layers import default_target_layer
 from lficam.cams.registry import available, create, method_name, register
 from lficam.cams.scorecam import ScoreCAM
-from lficam.maps import logits_of
+from lficam.core.maps import logits_of
 
 __all__ = [
     "CAM",

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lficam.cams.base import CAMMethod, weighted_sum
-from lficam.errors import UnknownNameError
-from lficam.maps import minmax, upsample
+from lficam.core.errors import UnknownNameError
+from lficam.core.maps import minmax, upsample
 
 PHASE2 = ("mask", "none")
 

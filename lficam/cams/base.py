@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from lficam.cams.layers import resolve_target_layer
-from lficam.errors import UserError
-from lficam.eval_mode import evaluating
-from lficam.maps import logits_of, minmax, target_classes, upsample
+from lficam.core.errors import UserError
+from lficam.core.maps import logits_of, minmax, target_classes, upsample
+from lficam.core.probing import evaluating
 
 
 class _StopForward(Exception):

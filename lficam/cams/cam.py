@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from lficam.cams.base import CAMMethod, weighted_sum
 from lficam.cams.layers import find_classifier
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 
 
 class CAM(CAMMethod):

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 
 from lficam.cams.base import CAMMethod, _check_batch, _StopForward, record, weighted_sum
 from lficam.cams.layers import find_classifier, resolve_target_layer
-from lficam.errors import UnknownNameError, UserError
-from lficam.eval_mode import evaluating
-from lficam.maps import minmax, upsample
+from lficam.core.errors import UnknownNameError, UserError
+from lficam.core.maps import minmax, upsample
+from lficam.core.probing import evaluating
 
 SIMILARITIES = ("cosine", "euclidean")
 
@@ -200,7 +200,7 @@ class FAM(_ReferenceCAM):
     The reference, given to the constructor or per call (``cam(x, reference=r)``), is any of:
       - images shaped B×C×H×W or 1×C×H×W, of the images' size (x₂; one for the whole batch when it has one);
       - embeddings shaped B×K, 1×K or K (e.g. a prototype: the mean embedding of a few images of a class);
-      - ``prototypes=`` a classes×K table (:mod:`lficam.prototypes`), the row of each image's class;
+      - ``prototypes=`` a classes×K table (:mod:`lficam.evaluation.prototypes`), the row of each image's class;
       - nothing, on a model with a linear classifier: the class's FC row W_c serves as the prototype.
     On a metric-learning or retrieval network, target_layer is the layer whose pooled output is the embedding.
 

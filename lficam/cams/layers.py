@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 
 
 def _contains_conv(module: nn.Module) -> bool:

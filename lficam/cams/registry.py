@@ -16,7 +16,7 @@ from lficam.cams.gradcam import GradCAM
 from lficam.cams.gradcampp import GradCAMPlusPlus
 from lficam.cams.layercam import LayerCAM
 from lficam.cams.scorecam import ScoreCAM
-from lficam.errors import UnknownNameError, UserError
+from lficam.core.errors import UnknownNameError, UserError
 
 _METHODS: dict[str, type[CAMMethod]] = {
     cls.name: cls for cls in (CAM, GradCAM, GradCAMPlusPlus, ScoreCAM, EigenCAM, LayerCAM, AbsCAM, FAM)

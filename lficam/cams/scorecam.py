@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lficam.cams.base import CAMMethod, weighted_sum
-from lficam.errors import UserError
-from lficam.maps import logits_of, minmax, upsample
+from lficam.core.errors import UserError
+from lficam.core.maps import logits_of, minmax, upsample
 
 
 class ScoreCAM(CAMMethod):

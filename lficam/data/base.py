@@ -20,7 +20,7 @@ sees. ``state_dict`` puts the input description (size, mean, std, class names) i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -28,10 +28,21 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lficam.contract import INPUT_KEY
 from lficam.data.seeding import EpochShuffleSampler
 
-__all__ = ["ClassificationDataModule", "EpochDataLoader", "EpochShuffleSampler", "first_items"]
+__all__ = ["INPUT_KEY", "ClassificationDataModule", "EpochDataLoader", "EpochShuffleSampler", "first_items"]
+
+#: Key of the data module's input description (image size, mean, std, class names) inside a Lightning
+#: checkpoint (:meth:`ClassificationDataModule.state_dict` writes it, :mod:`lficam.checkpoints.loading` reads it).
+INPUT_KEY = "lficam_input"
+
+
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """(x − mean) / std per channel: [0, 1] B×3×H×W images → a model's input space."""
+    shape = (1, len(mean), 1, 1)
+    return (images - torch.tensor(mean, device=images.device).view(shape)) / torch.tensor(
+        std, device=images.device
+    ).view(shape)
 
 
 class EpochDataLoader(DataLoader):
@@ -193,9 +204,7 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def normalize(self, images: Tensor) -> Tensor:
         """[0, 1] images → the model's input space."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return (images - mean) / std
+        return normalize(images, self.mean, self.std)
 
     def denormalize(self, images: Tensor) -> Tensor:
         """The model's input space → [0, 1] images for display."""

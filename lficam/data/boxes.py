@@ -23,7 +23,7 @@ from xml.parsers import expat
 import torch
 from torch import Tensor
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 
 log = logging.getLogger("lficam")
 

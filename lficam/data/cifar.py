@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lficam.core.errors import UserError
 from lficam.data.base import ClassificationDataModule
 from lficam.data.safe_pickle import MAX_BYTES, PickleRefused, read_pickle
 from lficam.data.seeding import EpochSeededDataset
-from lficam.errors import UserError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)

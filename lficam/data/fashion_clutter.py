@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lficam.core.errors import UserError
 from lficam.data.base import ClassificationDataModule
 from lficam.data.fashion_mnist import (
     FASHION_CLASSES,
@@ -52,7 +53,6 @@ from lficam.data.grey import normalisation
 from lficam.data.in_memory import Split, load_splits, save_splits, split_datasets
 from lficam.data.masks import SILHOUETTE_THRESHOLD
 from lficam.data.seeding import hash_seed, stream_id
-from lficam.errors import UserError
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _FRAME = 28  # Fashion-MNIST's side

@@ -28,13 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lficam.core.errors import UserError
 from lficam.data.base import ClassificationDataModule
 from lficam.data.grey import normalisation, resize_grey
 from lficam.data.idx import read_idx
 from lficam.data.in_memory import Split, load_splits, save_splits, split_datasets
 from lficam.data.masks import SILHOUETTE_THRESHOLD, silhouettes
 from lficam.data.seeding import hash_seed, stream_id
-from lficam.errors import UserError
 
 FASHION_CLASSES = (
     "T-shirt/top",

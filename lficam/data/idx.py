@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 
 DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),

@@ -48,12 +48,12 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from lficam.core.errors import UserError
 from lficam.data.base import ClassificationDataModule
 from lficam.data.boxes import read_box_mask
 from lficam.data.decode import BadImageError, decode_rgb, looks_complete
 from lficam.data.masks import lossy_mask_format, read_mask
 from lficam.data.seeding import EpochSeededDataset
-from lficam.errors import UserError
 
 log = logging.getLogger("lficam")
 

@@ -7,6 +7,8 @@ N×S×S booleans. Items are normalised 3×S×S float images, x = (pixels / 255 �
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -15,7 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lficam.core.errors import os_error_reason
+from lficam.core.tensor_files import TensorFileError, read_torch_file
 from lficam.data.seeding import EpochSeededDataset
+
+log = logging.getLogger("lficam")
 
 Split = tuple[Tensor, Tensor, Tensor]
 SPLITS = ("train", "val", "test")
@@ -33,23 +39,57 @@ def unpack_masks(packed: Tensor, height: int, width: int) -> Tensor:
 
 
 def load_cache(path: Path | None) -> dict[str, Tensor] | None:
-    """A cache file's tensors, or None when there is none (tensors only: ``weights_only=True``)."""
+    """A cache file's tensors, or None when there is none or it cannot be read.
+
+    The file is read as a user's torch file is (:func:`lficam.core.tensor_files.read_torch_file`: tensors only,
+    records within the file). One that cannot be read (a damaged or foreign file, or one the OS refuses) is
+    rebuilt rather than fail the run, with a warning that names it and says why.
+    """
     if path is None or not path.is_file():
         return None
     try:
-        return torch.load(path, weights_only=True)
-    except Exception:  # a half-written or foreign file: rebuild it rather than fail
-        return None
+        # opened here first so that the OS's refusal is told in its words, not as a damaged archive
+        with path.open("rb"):
+            pass
+        return read_torch_file(path)
+    except OSError as error:
+        reason = os_error_reason(error)
+    except TensorFileError as error:  # every way torch.load fails on foreign bytes, as one type
+        reason = str(error)
+    log.warning(
+        "Cannot read the cache file %s (%s): building the data from its source instead and writing the "
+        "cache again.",
+        path,
+        reason,
+    )
+    return None
 
 
 def save_cache(path: Path | None, tensors: dict[str, Tensor]) -> None:
+    """Write ``tensors`` to ``path`` (nothing when None); a cache that cannot be written is warned about and
+    skipped: the data is in memory already, and the next run builds it again."""
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     # per-process name (DDP ranks share a seed), then an atomic rename: no reader sees half a file
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(tensors, tmp)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(tensors, tmp)
+        tmp.replace(path)
+    except OSError as error:
+        reason = os_error_reason(error)
+    except RuntimeError as error:  # torch.save's own file writer reports a failed write (a full disk) so
+        reason = str(error).strip()
+    else:
+        return
+    with contextlib.suppress(OSError):  # none was begun, or its folder is what could not be made
+        tmp.unlink(missing_ok=True)
+    log.warning(
+        "Cannot write the cache file %s (%s): using the data built in memory without caching it, so the next "
+        "run builds it again.",
+        path,
+        reason,
+    )
 
 
 def load_splits(path: Path | None, size: int) -> dict[str, Split] | None:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 
 #: Fashion-MNIST pixels brighter than this (of 255, i.e. 0.1 of full scale) are garment; the background of
 #: the scans holds faint speckle up to about 20 that must not count.

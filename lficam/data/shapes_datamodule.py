@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
+from lficam.core.errors import UserError
 from lficam.data.base import ClassificationDataModule
 from lficam.data.in_memory import MaskedImageDataset, Split, load_cache, save_cache
 from lficam.data.shapes import SHAPES, ShapesConfig, render
-from lficam.errors import UserError
 
 _CHUNK = 512  # images rendered at once: bounds memory at large image sizes
 

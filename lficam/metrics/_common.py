@@ -2,7 +2,7 @@
 
 Maps are B×H×W. Images are B×3×H×W in the model's (normalised) input space. A model returns logits or a
 :class:`~lficam.models.output.ModelOutput`. Upsampling, min-max, flat maps and the logits come from
-:mod:`lficam.maps`.
+:mod:`lficam.core.maps`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lficam.errors import UserError
-from lficam.maps import check_maps, logits_of, target_classes
+from lficam.core.errors import UserError
+from lficam.core.maps import check_maps, logits_of, target_classes
 
 Model = Callable[[Tensor], object]
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lficam.errors import UserError
-from lficam.eval_mode import evaluating
-from lficam.maps import at_image_size, is_flat, logits_of, minmax
+from lficam.core.errors import UserError
+from lficam.core.maps import at_image_size, is_flat, logits_of, minmax
+from lficam.core.probing import evaluating
 from lficam.metrics._common import (
     Model,
     PerImageMean,

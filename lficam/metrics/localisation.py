@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lficam.errors import UserError
-from lficam.maps import is_flat, minmax
+from lficam.core.errors import UserError
+from lficam.core.maps import is_flat, minmax
 from lficam.metrics._common import PerImageMean
 
 log = logging.getLogger("lficam")

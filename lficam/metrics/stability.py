@@ -14,9 +14,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lficam.errors import UnknownNameError, UserError
-from lficam.eval_mode import evaluating
-from lficam.maps import at_image_size, is_flat
+from lficam.core.errors import UnknownNameError, UserError
+from lficam.core.maps import at_image_size, is_flat
+from lficam.core.probing import evaluating
 from lficam.metrics._common import (
     Model,
     PerImageMean,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from lficam.errors import UnknownNameError, UserError
+from lficam.core.errors import UnknownNameError, UserError
 from lficam.models import (  # noqa: F401  (register the backbones)
     cifar_densenet,
     cifar_resnet,
@@ -16,7 +16,13 @@ from lficam.models import (  # noqa: F401  (register the backbones)
     torchvision_resnet,
 )
 from lficam.models.abn import ABNClassifier
-from lficam.models.backbones import Backbone, available_backbones, backbone_builder, create_backbone
+from lficam.models.backbones import (
+    _REGISTRY,
+    Backbone,
+    available_backbones,
+    backbone_builder,
+    create_backbone,
+)
 from lficam.models.heads import Classifier, LFICAMClassifier, PlainClassifier
 from lficam.models.output import ModelOutput
 
@@ -37,8 +43,6 @@ def available_attentions() -> list[str]:
 
 
 def _registered() -> set[str]:
-    from lficam.models.backbones import _REGISTRY
-
     return set(_REGISTRY)
 
 

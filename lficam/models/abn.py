@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 from lficam.models.backbones import Backbone
 from lficam.models.heads import Classifier
 from lficam.models.init import he_init

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 from lficam.models.backbones import Backbone, StageInfo, load_own_weights, register_backbone
 from lficam.models.init import he_init
 

@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lficam.maps import is_flat, minmax
+from lficam.core.errors import UnknownNameError
+from lficam.core.maps import is_flat, minmax
 from lficam.models.backbones import Backbone
 from lficam.models.fin import FeatureImportanceNetwork
+from lficam.models.fin_lite import LiteFeatureImportanceNetwork
 from lficam.models.normalize import minmax_channels, minmax_spatial
 from lficam.models.output import ModelOutput, check_images
 
@@ -37,7 +39,7 @@ class PlainClassifier(Classifier):
     """The backbone alone: logits = FC(GAP(F)); its map is the CAM of the predicted class (Zhou et al. 2016).
 
     CAM_c = Σ_k W[c, k] · F_k for c = argmax logits, min-max scaled to [0, 1] per image (a flat map, see
-    :func:`lficam.maps.is_flat`, gives zeros). Free: no gradients and no extra pass.
+    :func:`lficam.core.maps.is_flat`, gives zeros). Free: no gradients and no extra pass.
     """
 
     def __init__(self, backbone: Backbone, num_classes: int) -> None:
@@ -66,7 +68,7 @@ class LFICAMClassifier(Classifier):
     Trained with cross-entropy on the logits only; nothing is detached, so the FIN learns through A.
 
     The logits are the official code's, constant S included. The reported ``attention`` is A where S varies
-    and zeros where S is flat (:func:`lficam.maps.is_flat`: one value up to float rounding, e.g. every
+    and zeros where S is flat (:func:`lficam.core.maps.is_flat`: one value up to float rounding, e.g. every
     1×1 map), where the official A would be S itself and could exceed 1: a flat map points nowhere.
     """
 
@@ -112,9 +114,6 @@ def create_fin(kind: str, channels: int, *, relu_every_layer: bool) -> nn.Module
     a C/8 bottleneck with depthwise-separable 3×3 convolutions, 2·C·m + 2·m² + 24·m + 2·C parameters);
     ``relu_every_layer`` only applies to ``paper``.
     """
-    from lficam.errors import UnknownNameError
-    from lficam.models.fin_lite import LiteFeatureImportanceNetwork
-
     builders = {
         "paper": lambda: FeatureImportanceNetwork(channels, relu_every_layer=relu_every_layer),
         "lite": lambda: LiteFeatureImportanceNetwork(channels),

@@ -1,7 +1,7 @@
 """Min-max normalisations used inside LFI-CAM's forward pass (method.md §1.2, steps 2 and 6).
 
 Pinned to the official code, including its constant-input cases; the min-max of reported and displayed
-maps (flat → zeros) is :func:`lficam.maps.minmax`.
+maps (flat → zeros) is :func:`lficam.core.maps.minmax`.
 
 Both run in float32 even under autocast: a half-precision division of two nearly equal extrema would
 turn small activation ranges into noise or infinities.
@@ -40,7 +40,7 @@ def minmax_spatial(maps: Tensor) -> Tensor:
 
     A constant map is returned unchanged (so an all-zero S gives A = 0, as in the official code), which is
     what the forward pass multiplies the features with; the map a model *reports* is kept in [0, 1] by
-    reporting a flat S as zeros (:func:`lficam.maps.is_flat`). Computed in float32.
+    reporting a flat S as zeros (:func:`lficam.core.maps.is_flat`). Computed in float32.
     """
     with torch.autocast(maps.device.type, enabled=False):
         s = _float32(maps)

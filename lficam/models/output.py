@@ -14,7 +14,7 @@ class ModelOutput(NamedTuple):
     logits: B×num_classes class scores before softmax.
     attention: B×h×w map in [0, 1] at the resolution of the feature map it was made from (LFI-CAM's A,
         ABN's M, the plain model's CAM of its predicted class). LFI-CAM's A and the CAM are min-max scaled
-        per image, and a flat map (one value up to float rounding, :func:`lficam.maps.is_flat`; every 1×1
+        per image, and a flat map (one value up to float rounding, :func:`lficam.core.maps.is_flat`; every 1×1
         map is flat) is reported as zeros: it points nowhere. ABN's M is a sigmoid, in (0, 1) as it is.
     aux_logits: B×num_classes auxiliary scores that take part in the loss (ABN's attention branch), or None.
     """

@@ -16,24 +16,13 @@ from typing import Any
 
 from torch import Tensor
 
-from lficam.errors import UserError
-from lficam.models.backbones import load_weights_file
+from lficam.core.errors import UserError
+from lficam.models.weight_files import load_weights_file, looks_like_path
 
 #: A value of ``weights`` that asks for the default pretrained weights of a backbone.
 IMAGENET = "imagenet"
-_WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar")
-
-
-def looks_like_path(value: str | Path) -> bool:
-    """A weights option that names a file (has a folder or a file suffix, or exists) rather than a weight name."""
-    text = str(value)
-    return (
-        isinstance(value, Path)
-        or "/" in text
-        or "\\" in text
-        or text.endswith(_WEIGHT_FILE_SUFFIXES)
-        or (Path(text).expanduser().exists())
-    )
+#: torchvision's ResNets and their depths (the backbones with torchvision weights)
+TORCHVISION_RESNETS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
 
 
 def torch_hub_cache_path(url: str) -> Path:
@@ -180,8 +169,6 @@ def pretrained_normalization(model_config: dict[str, Any]) -> tuple[list[float],
         if model_config.get("pretrained") or (weights is not None and str(weights).lower() == IMAGENET):
             return timm_normalization(backbone.removeprefix("timm/"))
         return None
-    from lficam.models.torchvision_resnet import DEPTHS
-
-    if backbone in DEPTHS and weights is not None and not looks_like_path(weights):
+    if backbone in TORCHVISION_RESNETS and weights is not None and not looks_like_path(weights):
         return torchvision_normalization(backbone, str(weights))
     return None

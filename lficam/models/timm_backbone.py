@@ -25,14 +25,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 from lficam.models.backbones import (
     Backbone,
     StageInfo,
-    load_matching_state,
-    load_weights_file,
     register_backbone_prefix,
 )
+from lficam.models.pretrained import (
+    IMAGENET,
+    check_timm_has_weights,
+    fetch_torch_hub_file,
+    looks_like_path,
+    missing_timm_weights_message,
+)
+from lficam.models.weight_files import load_matching_state, load_weights_file
 
 PREFIX = "timm/"
 
@@ -176,12 +182,6 @@ def _is_download_error(error: BaseException) -> bool:
 def _fetch_timm_pretrained(name: str) -> None:
     """Put timm's pretrained file of ``name`` into its cache (a no-op when it is there); one sentence when
     it is neither cached nor downloadable."""
-    from lficam.models.pretrained import (
-        check_timm_has_weights,
-        fetch_torch_hub_file,
-        missing_timm_weights_message,
-    )
-
     cfg = check_timm_has_weights(name)
     if cfg.hf_hub_id:
         import huggingface_hub.errors as hf_errors
@@ -220,7 +220,6 @@ def build_timm_backbone(
     """
     timm = _import_timm()
     check_timm_name(name)
-    from lficam.models.pretrained import IMAGENET, looks_like_path
 
     if weights is not None and not looks_like_path(weights):
         if str(weights).lower() != IMAGENET:

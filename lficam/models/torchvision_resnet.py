@@ -7,16 +7,12 @@ from pathlib import Path
 import torchvision
 from torch import nn
 
-from lficam.errors import UserError
-from lficam.models.backbones import (
-    Backbone,
-    StageInfo,
-    load_matching_state,
-    load_weights_file,
-    register_backbone,
-)
+from lficam.core.errors import UserError
+from lficam.models.backbones import Backbone, StageInfo, register_backbone
+from lficam.models.pretrained import TORCHVISION_RESNETS, torchvision_state_dict
+from lficam.models.weight_files import load_matching_state, load_weights_file, looks_like_path
 
-DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
+DEPTHS = TORCHVISION_RESNETS
 
 
 def _build(name: str, *, stem_stride: int = 2, weights: str | Path | None = None) -> Backbone:
@@ -29,8 +25,6 @@ def _build(name: str, *, stem_stride: int = 2, weights: str | Path | None = None
         or a tensor-only torch file) with torchvision's key names, which timm's ResNets share; the ``fc.*``
         keys are ignored because the head is ours.
     """
-    from lficam.models.pretrained import looks_like_path, torchvision_state_dict
-
     if stem_stride not in (1, 2):
         raise UserError(f"stem_stride must be 1 or 2, got {stem_stride!r}.")
     net = getattr(torchvision.models, name)(weights=None)

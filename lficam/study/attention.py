@@ -11,7 +11,8 @@ LayerCAM, Abs-CAM, for the predicted class; :mod:`lficam.cams`). Per map, means 
 - stability under input changes on the first ``stability_images``, for every map (eval.py does it for the own
   map only): x + N(0, ``noise_std``²) (``noise_samples`` draws) and the left-right flip with the map flipped back; the map of the perturbed image is
   that of the class predicted on it; IoU at > 100/255 and Spearman's ρ against the clean image's map.
-The own maps (and Grad-CAM's, where computed) of the first ``images`` test images are kept in ``maps.pt`` for
+Each number is :func:`lficam.evaluation.scores.score_maps` under :func:`lficam.evaluation.protocol.study_protocol`,
+the same definitions eval.py reports. The own maps (and Grad-CAM's, where computed) of the first ``images`` test images are kept in ``maps.pt`` for
 the cross-run stability (:mod:`lficam.study.stability`). Runs trained for the stability settings only get the
 own map's localisation (a check that their maps are comparable), not the costly rest.
 """
@@ -19,69 +20,50 @@ own map's localisation (a check that their maps are comparable), not the costly 
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from lficam import cams as cam_methods
-from lficam import metrics as M
-from lficam.data.base import content_config, first_items
-from lficam.errors import UserError
-from lficam.evaluate import best_checkpoint as run_folder_best
-from lficam.loading import load, read_checkpoint
-from lficam.maps import upsample
+from lficam.checkpoints.loading import load
+from lficam.checkpoints.records import best_checkpoint, checkpoint_data_config
+from lficam.core.errors import UserError
+from lficam.data.base import content_config
+from lficam.evaluation.images import Probe, build_test_data, first_test_images
+from lficam.evaluation.maps import map_fn, maps_of
+from lficam.evaluation.protocol import study_protocol
+from lficam.evaluation.scores import HIGHER_IS_BETTER, OWN, score_maps
 from lficam.study.launch import read_json, write_json
 
-OWN = "own"
-#: metric → higher is better
+#: the metrics the study reports (no ROAD), each → higher is better (:data:`lficam.evaluation.scores.METRICS`)
 METRICS: dict[str, bool] = {
-    "pointing_game": True,
-    "energy_pointing_game": True,
-    "mask_iou": True,
-    "deletion_auc": False,
-    "insertion_auc": True,
-    "average_drop": False,
-    "increase_in_confidence": True,
-    "stability_noise_iou": True,
-    "stability_noise_spearman": True,
-    "stability_flip_iou": True,
-    "stability_flip_spearman": True,
+    name: HIGHER_IS_BETTER[name]
+    for name in (
+        "pointing_game",
+        "energy_pointing_game",
+        "mask_iou",
+        "deletion_auc",
+        "insertion_auc",
+        "average_drop",
+        "increase_in_confidence",
+        "stability_noise_iou",
+        "stability_noise_spearman",
+        "stability_flip_iou",
+        "stability_flip_spearman",
+    )
 }
 #: the maps kept per run for the cross-run stability
 KEPT_MAPS = (OWN, "gradcam")
 
 
 @dataclass
-class TestImages:
-    """The first N test images of a data set, the same for every run of it."""
+class TestImages(Probe):
+    """The first N test images of a data set (the same for every run of it) and the data config they came from."""
 
-    images: Tensor
-    labels: Tensor
-    masks: Tensor | None
-    ids: Tensor
-    display: Tensor  # the images in [0, 1], for the pictures
-    data_config: dict[str, Any]
-
-
-def best_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint chosen on validation (summary.json's best), else the last one; always a file of
-    ``run_dir`` itself, as eval.py chooses it (:func:`lficam.evaluate.best_checkpoint`), so a copied study
-    folder scores its own runs."""
-    return run_folder_best(run_dir)
-
-
-def data_config_of(checkpoint: Path) -> dict[str, Any]:
-    config = (read_checkpoint(checkpoint).get("hyper_parameters") or {}).get("data_config")
-    if not isinstance(config, dict) or "_target_" not in config:
-        raise UserError(
-            f"Checkpoint {checkpoint} does not record its data set; it was not trained by train.py."
-        )
-    return config
+    data_config: dict[str, Any] = field(default_factory=dict)
 
 
 def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -89,88 +71,11 @@ def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def load_test_images(checkpoint: Path, count: int, device: torch.device) -> TestImages:
-    """The first ``count`` test images of the data set a checkpoint was trained on."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    config = data_config_of(checkpoint)
-    datamodule = instantiate(OmegaConf.create({**config, "num_workers": 0}))
-    datamodule.setup("test")
-    batch = first_items(datamodule.test_set, count)
-    images = batch["image"].float()
-    denormalize = getattr(datamodule, "denormalize", lambda t: t.clamp(0, 1))
-    return TestImages(
-        images=images.to(device),
-        labels=batch["label"].long().to(device),
-        masks=batch["mask"].to(device) if "mask" in batch else None,
-        ids=batch["index"].long(),
-        display=denormalize(images).cpu(),
-        data_config=config,
-    )
-
-
-def own_map_fn(model: nn.Module):
-    """images → the model's own maps upsampled bilinearly to the images' size (as the training module does)."""
-
-    def maps(x: Tensor) -> Tensor:
-        with torch.no_grad():
-            return upsample(model(x).attention, tuple(x.shape[-2:]))
-
-    return maps
-
-
-def map_fn(model: nn.Module, method: str):
-    """images → B×H×W maps in [0, 1] of the own attention or of a CAM method (class predicted on the input)."""
-    if method == OWN:
-        return own_map_fn(model)
-    cam = cam_methods.create(method, model)
-    return lambda x: cam(x)
-
-
-def maps_of(fn, images: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([fn(chunk).float() for chunk in images.split(batch_size)])
-
-
-def _mean(values: Tensor) -> float:
-    """Mean over images, undefined (NaN) images left out; NaN when none is defined."""
-    return float(values.float().nanmean()) if values.numel() else math.nan
-
-
-def score(
-    model: nn.Module, fn, test: TestImages, maps: Tensor, num_classes: int, options: Any, full: bool
-) -> dict[str, float]:
-    """The metrics of one map method (see the module docstring); ``full=False``: localisation only."""
-    out: dict[str, float] = {}
-    images, batch = test.images, int(options.batch_size)
-    if test.masks is not None:  # PointingGame scales its 15 px at 224 px to the images' size
-        pointing = M.PointingGame(num_classes).to(images.device)
-        pointing.update(maps, test.masks, test.labels)
-        out["pointing_game"] = float(pointing.compute())
-        out["energy_pointing_game"] = _mean(M.energy_pointing_game(maps, test.masks))
-        out["mask_iou"] = _mean(M.mask_iou(maps, test.masks, threshold=float(options.mask_iou_threshold)))
-    if not full:
-        return out
-    n = min(int(options.faithfulness_images), images.shape[0])
-    x, m = images[:n], maps[:n]
-    step = max(1, math.ceil(images.shape[-2] * images.shape[-1] / int(options.faithfulness_steps)))
-    out["deletion_auc"] = _mean(M.deletion_auc(model, x, m, pixels_per_step=step, batch_size=batch))
-    out["insertion_auc"] = _mean(M.insertion_auc(model, x, m, pixels_per_step=step, batch_size=batch))
-    out["average_drop"] = _mean(M.average_drop(model, x, m, batch_size=batch))
-    out["increase_in_confidence"] = _mean(M.increase_in_confidence(model, x, m, batch_size=batch))
-    k = min(int(options.stability_images), images.shape[0])
-    for kind in ("noise", "flip"):
-        scores = M.perturbation_stability(
-            fn,
-            images[:k],
-            kind,
-            noise_std=float(options.noise_std),
-            samples=int(options.noise_samples),
-            batch_size=batch,
-            base_maps=maps[:k],
-        )
-        out[f"stability_{kind}_iou"] = _mean(scores.iou)
-        out[f"stability_{kind}_spearman"] = _mean(scores.spearman)
-    return out
+    """The first ``count`` test images of the data set a checkpoint was trained on (as eval.py takes them)."""
+    config = checkpoint_data_config(checkpoint)
+    datamodule = build_test_data(config, None, {"num_workers": 0})
+    probe = first_test_images(datamodule, count, device)
+    return TestImages(**vars(probe), data_config=config)
 
 
 def eval_key(options: Any, methods: list[str], full: bool, checkpoint: Path) -> dict[str, Any]:
@@ -201,7 +106,7 @@ def evaluate_run(
     """Score the run's best checkpoint (see the module docstring); writes ``metrics.json`` and ``maps.pt``."""
     start = time.perf_counter()
     checkpoint = best_checkpoint(run_dir)
-    if not same_content(data_config_of(checkpoint), test.data_config):
+    if not same_content(checkpoint_data_config(checkpoint), test.data_config):
         raise UserError(
             f"{run_dir} was trained on other data than the study's first run of this data set; every run of a "
             "data set must see the same test images (check the data set's overrides)."
@@ -211,11 +116,12 @@ def evaluate_run(
     results: dict[str, dict[str, float]] = {}
     kept: dict[str, Tensor] = {}
     seconds: dict[str, float] = {}
+    protocol = study_protocol(options, full)
     for method in methods:
         began = time.perf_counter()
         fn = map_fn(model, method)
-        maps = maps_of(fn, test.images, int(options.batch_size))
-        results[method] = score(model, fn, test, maps, num_classes, options, full)
+        maps = maps_of(fn, test.images, protocol.batch_size)
+        results[method] = score_maps(model, test, maps, fn, protocol, num_classes, method).values
         if method in KEPT_MAPS:
             kept[method] = maps.cpu()
         seconds[method] = time.perf_counter() - began

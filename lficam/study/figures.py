@@ -13,8 +13,8 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 from torch import Tensor
 
-from lficam.study.report import MODEL_NAMES, map_name
-from lficam.viz import save_overlay_grid
+from lficam.core.pictures import save_overlay_grid
+from lficam.study.report import MODEL_NAMES, attention_rows, map_name
 
 
 def _bars(ax: Any, labels: list[str], stats: list[dict[str, Any]], title: str, ylabel: str) -> None:
@@ -57,8 +57,6 @@ def accuracy_figure(results: dict[str, Any], path: Path) -> Path:
 
 def pointing_figure(results: dict[str, Any], path: Path) -> Path:
     """The pointing game of every map (own maps, then post-hoc CAMs), per data set."""
-    from lficam.study.report import attention_rows
-
     models = results["study"]["models"]
     fig, axes = _grid(len(results["datasets"]))
     for ax, (name, ds) in zip(axes, results["datasets"].items()):

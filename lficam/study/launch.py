@@ -5,7 +5,7 @@ Each run lives in ``<runs_dir>/<data set>/<model>/<setting>_seed<k>/``, the layo
 the launcher, the wall time and the status. Launchers:
 - ``subprocess`` (default): ``python train.py <overrides> hydra.run.dir=<run folder>``, output to ``train.out``;
   one process per run, so memory and global state never carry over and a crash ends one run only;
-- ``inprocess``: the same overrides composed with Hydra's compose API and trained by :func:`lficam.train.train`
+- ``inprocess``: the same overrides composed with Hydra's compose API and trained by :func:`lficam.training.task.train`
   in this process (no interpreter start-up: the test suite's launcher).
 A run stopped half-way (``checkpoints/last.ckpt`` but no ``summary.json``) resumes from its last checkpoint. A run
 that fails is recorded as failed, reported, and retried by the next invocation.
@@ -26,8 +26,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 from lficam.study.plan import CONF, ROOT, Run
+from lficam.training.task import train
 
 log = logging.getLogger("lficam")
 
@@ -84,8 +85,6 @@ def compose_train_config(overrides: list[str], run_dir: Path) -> DictConfig:
 
 
 def _train_in_process(overrides: list[str], run_dir: Path, out: Path) -> None:
-    from lficam.train import train
-
     cfg = compose_train_config(overrides, run_dir)
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))

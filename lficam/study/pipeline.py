@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lficam.errors import UserError
-from lficam.study import attention as A
+import lficam
+from lficam.checkpoints.loading import read_checkpoint
+from lficam.core.devices import choose_device
+from lficam.core.errors import UserError, os_error_reason
+from lficam.evaluation.maps import map_fn, maps_of
+from lficam.study import attention
 from lficam.study.figures import accuracy_figure, maps_figure, pointing_figure, stability_figure
 from lficam.study.launch import RECORD, Progress, duration, read_json, train_run, trained, write_json
 from lficam.study.plan import CONF, ROOT, Run, plan_runs
@@ -31,14 +34,13 @@ def _names(node: Any) -> list[str]:
 
 
 def _device(study: Any) -> torch.device:
-    name = study.eval.get("device")
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return choose_device(study.eval.get("device"))
 
 
 def _methods(study: Any, run: Run) -> list[str]:
     if run.accuracy and run.model in _names(study.eval.cam_models):
-        return [A.OWN, *_names(study.eval.cams)]
-    return [A.OWN]
+        return [attention.OWN, *_names(study.eval.cams)]
+    return [attention.OWN]
 
 
 def train_all(study: Any, runs: list[Run], runs_dir: Path) -> dict[str, dict[str, Any]]:
@@ -67,30 +69,36 @@ def train_all(study: Any, runs: list[Run], runs_dir: Path) -> dict[str, dict[str
 
 def evaluate_all(
     study: Any, runs: list[Run], runs_dir: Path, records: dict[str, dict[str, Any]]
-) -> tuple[dict[str, dict[str, Any]], dict[str, A.TestImages]]:
+) -> tuple[dict[str, dict[str, Any]], dict[str, attention.TestImages]]:
     """Score every finished run on its data set's test images (cached per run); returns reports and images."""
     device = _device(study)
     done = [r for r in runs if records.get(r.name, {}).get("status") == "done"]
     options = study.eval
     pending = [
-        r for r in done if A.cached(runs_dir / r.name, options, _methods(study, r), r.accuracy) is None
+        r
+        for r in done
+        if attention.cached(runs_dir / r.name, options, _methods(study, r), r.accuracy) is None
     ]
     print(f"Attention metrics: {len(done)} runs, {len(pending)} to score.", flush=True)
     progress = Progress(len(done), len(pending), "score")
-    tests: dict[str, A.TestImages] = {}
+    tests: dict[str, attention.TestImages] = {}
     reports = {}
     for run in done:
         folder = runs_dir / run.name
         if run.dataset not in tests:
-            tests[run.dataset] = A.load_test_images(A.best_checkpoint(folder), int(options.images), device)
+            tests[run.dataset] = attention.load_test_images(
+                attention.best_checkpoint(folder), int(options.images), device
+            )
         methods = _methods(study, run)
-        report = A.cached(folder, options, methods, run.accuracy)
+        report = attention.cached(folder, options, methods, run.accuracy)
         if report is not None:
             reports[run.name] = report
             progress.step(run.name, "scored before, reused")
             continue
         start = time.perf_counter()
-        reports[run.name] = A.evaluate_run(folder, tests[run.dataset], methods, options, run.accuracy, device)
+        reports[run.name] = attention.evaluate_run(
+            folder, tests[run.dataset], methods, options, run.accuracy, device
+        )
         seconds = time.perf_counter() - start
         progress.step(run.name, f"{len(methods)} map(s) scored in {duration(seconds)}", seconds)
     return reports, tests
@@ -106,10 +114,10 @@ def cross_run(
         for run in runs:
             if run.dataset != dataset or run.name not in reports:
                 continue
-            kept = A.kept_maps(runs_dir / run.name)
+            kept = attention.kept_maps(runs_dir / run.name)
             if run.stability:
                 label = f"{run.model} {run.setting}"
-                entries.append({"label": label, "maps": kept[A.OWN]})
+                entries.append({"label": label, "maps": kept[attention.OWN]})
                 groups.setdefault(f"settings:{run.model}", []).append(label)
             if run.accuracy:
                 for method, maps in kept.items():
@@ -122,8 +130,6 @@ def cross_run(
 
 def step_times(study: Any, runs: list[Run], runs_dir: Path, records: dict[str, Any]) -> dict[str, Any]:
     """Per data set, the side-by-side step time of every model, on the seed-0 accuracy runs' configs (cached)."""
-    from lficam.loading import read_checkpoint
-
     out: dict[str, Any] = {}
     rounds = int(study.step_time.rounds)
     for dataset in _names(study.datasets):
@@ -135,10 +141,12 @@ def step_times(study: Any, runs: list[Run], runs_dir: Path, records: dict[str, A
         if not first or rounds < 1:
             continue
         any_run = runs_dir / next(iter(first.values())).name
-        hparams = read_checkpoint(A.best_checkpoint(any_run))["hyper_parameters"]
+        hparams = read_checkpoint(attention.best_checkpoint(any_run))["hyper_parameters"]
         data = hparams["data_config"]
         configs = {
-            m: read_checkpoint(A.best_checkpoint(runs_dir / r.name))["hyper_parameters"]["model_config"]
+            m: read_checkpoint(attention.best_checkpoint(runs_dir / r.name))["hyper_parameters"][
+                "model_config"
+            ]
             for m, r in first.items()
         }
         run_config = OmegaConf.load(any_run / ".hydra" / "config.yaml")
@@ -146,7 +154,9 @@ def step_times(study: Any, runs: list[Run], runs_dir: Path, records: dict[str, A
         optimizer = OmegaConf.to_container(run_config.optimizer, resolve=True)
         size = int(
             data.get("image_size")
-            or A.load_test_images(A.best_checkpoint(any_run), 1, torch.device("cpu")).images.shape[-1]
+            or attention.load_test_images(
+                attention.best_checkpoint(any_run), 1, torch.device("cpu")
+            ).images.shape[-1]
         )
         key = {
             "configs": configs,
@@ -199,8 +209,6 @@ def software_and_machine() -> tuple[dict[str, str], dict[str, str]]:
     import hydra
     import lightning
     import torchmetrics
-
-    import lficam
 
     software = {
         "lficam": f"{lficam.__version__} (git {_git_commit()})",
@@ -279,10 +287,10 @@ def figures(
                 continue
             if ds and any(r["name"] == run.name and r["status"] != "done" for r in ds["runs"]):
                 continue
-            model = A.load(A.best_checkpoint(runs_dir / run.name), map_location=device).eval()
+            model = attention.load(attention.best_checkpoint(runs_dir / run.name), map_location=device).eval()
             for method in _methods(study, run):
-                maps[f"{run.model}/{method}"] = A.maps_of(
-                    A.map_fn(model, method), test.images[:count], count
+                maps[f"{run.model}/{method}"] = maps_of(
+                    map_fn(model, method), test.images[:count], count
                 ).cpu()
         if maps:
             order = _display_order(list(maps), _names(study.models))
@@ -292,15 +300,13 @@ def figures(
 
 
 def _display_order(keys: list[str], models: list[str]) -> list[str]:
-    own = [f"{m}/{A.OWN}" for m in models if f"{m}/{A.OWN}" in keys]
+    own = [f"{m}/{attention.OWN}" for m in models if f"{m}/{attention.OWN}" in keys]
     return own + [k for m in models for k in keys if k.startswith(f"{m}/") and k not in own]
 
 
 def writable_folder(key: str, folder: Path) -> None:
     """Make ``folder`` (the value of config ``key``), or say in one sentence why it cannot be a folder the study
     writes into."""
-    from lficam.cli import os_error_reason
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK | os.X_OK):
@@ -377,15 +383,3 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
         flush=True,
     )
     return results
-
-
-def main(cfg: DictConfig) -> None:
-    """Hydra task body of ``reproduce.py``: the study, a user's mistake as one sentence (exit code 2)."""
-    from lficam.train import quiet_known_warnings
-
-    quiet_known_warnings()
-    try:
-        run_study(cfg)
-    except UserError as error:
-        print(f"Error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None

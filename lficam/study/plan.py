@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"

@@ -11,7 +11,8 @@ import math
 from typing import Any
 
 from lficam.study.attention import METRICS, OWN
-from lficam.study.results import difference
+from lficam.study.launch import duration
+from lficam.study.results import STUDY_DIR, difference, portable_results
 
 #: the paper's cross-run stability (method.md §1.5): data set → (ABN, LFI-CAM) mean IoU over the pairs of runs
 PAPER_STABILITY = {"Cat-vs-Dog": (0.30, 0.73), "CIFAR-10": (0.29, 0.60), "STL-10": (0.32, 0.64)}
@@ -208,50 +209,58 @@ def attention_claim(name: str, ds: dict[str, Any], metrics: list[str]) -> list[s
     return lines
 
 
-def stability_claim(name: str, ds: dict[str, Any]) -> list[str]:
-    """Claim 3 (LFI-CAM's maps far more stable than ABN's across hyper-parameters) and the seed control."""
-    groups = ds["stability"]["groups"]
+def _stability_meaning(verdict: str, d: float) -> str:
+    """What a verdict of LFI-CAM against ABN in cross-run IoU says of the paper's claim; a gap d = IoU_LFI − IoU_ABN
+    that is "better" is also placed against the paper's gaps (its LFI-CAM − ABN mean IoUs)."""
+    gaps = [b - a for a, b in PAPER_STABILITY.values()]
+    if verdict == "better":
+        size = "larger than" if d > max(gaps) else "smaller than" if d < min(gaps) else "within"
+        return (
+            f"agrees in direction with the paper; the gap of {d:.2f} is {size} the paper's gaps "
+            f"({min(gaps):.2f}–{max(gaps):.2f})"
+        )
+    if verdict == "inside":
+        return f"does not reproduce the paper's gap ({min(gaps):.2f}–{max(gaps):.2f})"
+    if verdict == "worse":
+        return "disagrees with the paper: ABN's maps are the more stable here"
+    return "leaves the claim open (too few runs or pairs)"
+
+
+def _settings_verdicts(name: str, lfi: dict[str, Any], abn: dict[str, Any]) -> list[str]:
+    """LFI-CAM against ABN across the settings: cross-run IoU with its meaning, then Spearman's ρ."""
+    verdict, text = sentence(
+        "LFI-CAM",
+        lfi,
+        "ABN",
+        abn,
+        True,
+        what="cross-run IoU across the settings",
+        mean="iou_mean",
+        std="iou_std",
+        spread_name="spread over pairs",
+    )
+    d = difference(lfi, abn, "iou_mean", "iou_std")["diff"]
+    _, rho = sentence(
+        "LFI-CAM",
+        lfi,
+        "ABN",
+        abn,
+        True,
+        what="Spearman's ρ across the settings",
+        mean="spearman_mean",
+        std="spearman_std",
+        spread_name="spread over pairs",
+    )
+    return [
+        f"- {name}: {text} This {_stability_meaning(verdict, d)}.",
+        f"- {name} (threshold-free): {rho}",
+    ]
+
+
+def _seed_controls(name: str, lfi: dict[str, Any] | None, groups: dict[str, Any]) -> list[str]:
+    """LFI-CAM across the settings against the plain backbone's maps across seeds alone: how much of the
+    settings' instability the seed by itself would explain."""
     lines = []
-    lfi, abn = groups.get("settings:lficam"), groups.get("settings:abn")
-    if lfi and abn and lfi.get("pairs") and abn.get("pairs"):
-        verdict, text = sentence(
-            "LFI-CAM",
-            lfi,
-            "ABN",
-            abn,
-            True,
-            what="cross-run IoU across the settings",
-            mean="iou_mean",
-            std="iou_std",
-            spread_name="spread over pairs",
-        )
-        d = difference(lfi, abn, "iou_mean", "iou_std")["diff"]
-        gaps = [b - a for a, b in PAPER_STABILITY.values()]
-        if verdict == "better":
-            size = "larger than" if d > max(gaps) else "smaller than" if d < min(gaps) else "within"
-            meaning = (
-                f"agrees in direction with the paper; the gap of {d:.2f} is {size} the paper's gaps "
-                f"({min(gaps):.2f}–{max(gaps):.2f})"
-            )
-        elif verdict == "inside":
-            meaning = f"does not reproduce the paper's gap ({min(gaps):.2f}–{max(gaps):.2f})"
-        elif verdict == "worse":
-            meaning = "disagrees with the paper: ABN's maps are the more stable here"
-        else:
-            meaning = "leaves the claim open (too few runs or pairs)"
-        lines.append(f"- {name}: {text} This {meaning}.")
-        _, rho = sentence(
-            "LFI-CAM",
-            lfi,
-            "ABN",
-            abn,
-            True,
-            what="Spearman's ρ across the settings",
-            mean="spearman_mean",
-            std="spearman_std",
-            spread_name="spread over pairs",
-        )
-        lines.append(f"- {name} (threshold-free): {rho}")
     for control in (f"seeds:plain/{OWN}", "seeds:plain/gradcam"):
         seeds = groups.get(control)
         if lfi and seeds and seeds.get("pairs") and lfi.get("pairs"):
@@ -269,6 +278,16 @@ def stability_claim(name: str, ds: dict[str, Any]) -> list[str]:
             )
             lines.append(f"- {name}, control: {text}")
     return lines
+
+
+def stability_claim(name: str, ds: dict[str, Any]) -> list[str]:
+    """Claim 3 (LFI-CAM's maps far more stable than ABN's across hyper-parameters) and the seed control."""
+    groups = ds["stability"]["groups"]
+    lines = []
+    lfi, abn = groups.get("settings:lficam"), groups.get("settings:abn")
+    if lfi and abn and lfi.get("pairs") and abn.get("pairs"):
+        lines += _settings_verdicts(name, lfi, abn)
+    return lines + _seed_controls(name, lfi, groups)
 
 
 def light_claim(name: str, ds: dict[str, Any]) -> list[str]:
@@ -444,11 +463,10 @@ def step_table(results: dict[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ the page
 
 
-def render(results: dict[str, Any]) -> str:
-    """The whole of results.md."""
+def introduction(results: dict[str, Any]) -> list[str]:
+    """The title, how the page was made, and what a measured difference is: |a − b| > √(s_a² + s_b²)."""
     study, meta = results["study"], results["meta"]
-    models, metrics = study["models"], list(METRICS)
-    out = [
+    return [
         f"# Reproduction study: {study['title']}",
         "",
         f"Generated by `{meta['command']}` on {meta['finished']} from `results.json` (same folder) by "
@@ -457,31 +475,41 @@ def render(results: dict[str, Any]) -> str:
         "JSON and the pictures. A difference counts as measured only when it exceeds the spread √(s_a² + s_b²) of "
         "its two sides (std over seeds, or over pairs of runs for cross-run stability).",
         "",
+    ]
+
+
+def what_was_run(results: dict[str, Any]) -> list[str]:
+    """Models, seeds and settings; a row per data set (overrides, budget, number of runs); the common overrides."""
+    study = results["study"]
+    rows = [
+        [
+            name,
+            ds["title"],
+            "`" + " ".join(ds["overrides"]) + "`",
+            "`" + " ".join(ds["budget"]) + "`",
+            str(len(ds["runs"])),
+            ds["why"],
+        ]
+        for name, ds in results["datasets"].items()
+    ]
+    return [
         "## What was run",
         "",
-        f"Models: {', '.join(MODEL_NAMES.get(m, m) for m in models)}; seeds {study['seeds']} for accuracy and attention "
+        f"Models: {', '.join(MODEL_NAMES.get(m, m) for m in study['models'])}; seeds {study['seeds']} for accuracy and attention "
         f"quality; LFI-CAM and ABN also under the stability settings {study['settings']} (`conf/setting/`, each with "
         "its own seed; the first setting with its seed is also an accuracy run). Every model of a data set gets "
         "the same data, budget and recipe.",
         "",
+        *_table(["data set", "what", "overrides", "budget", "runs", "why this backbone and size"], rows),
+        "",
+        f"Common overrides of every run: `{' '.join(study['common'])}`.",
+        "",
     ]
-    rows = []
-    for name, ds in results["datasets"].items():
-        n_runs = len(ds["runs"])
-        rows.append(
-            [
-                name,
-                ds["title"],
-                "`" + " ".join(ds["overrides"]) + "`",
-                "`" + " ".join(ds["budget"]) + "`",
-                str(n_runs),
-                ds["why"],
-            ]
-        )
-    out += _table(["data set", "what", "overrides", "budget", "runs", "why this backbone and size"], rows)
-    out += ["", f"Common overrides of every run: `{' '.join(study['common'])}`.", ""]
-    ev = study["eval"]
-    out += [
+
+
+def how_maps_were_scored(ev: dict[str, Any]) -> list[str]:
+    """The attention-quality protocol of study config ``eval``: images, CAMs, noise and thresholds."""
+    return [
         f"Attention quality: the first {ev['images']} test images of each data set for localisation and cross-run "
         f"stability, the first {ev['stability_images']} of them for input stability, the first "
         f"{ev['faithfulness_images']} for deletion/insertion (about "
@@ -492,17 +520,24 @@ def render(results: dict[str, Any]) -> str:
         "the image size and its accuracy is averaged over classes.",
         "",
     ]
-    failed = [f for ds in results["datasets"].values() for f in ds["failed"]]
-    if failed:
-        out += [
-            f"**{len(failed)} run(s) failed and are left out of every statistic:** "
-            + ", ".join(failed)
-            + ". Their errors are in `results.json` and in each run folder's `train.out`.",
-            "",
-        ]
 
-    # claim 1
-    out += [
+
+def failed_runs(results: dict[str, Any]) -> list[str]:
+    """One bold paragraph naming the failed runs of every data set, or nothing when none failed."""
+    failed = [f for ds in results["datasets"].values() for f in ds["failed"]]
+    if not failed:
+        return []
+    return [
+        f"**{len(failed)} run(s) failed and are left out of every statistic:** "
+        + ", ".join(failed)
+        + ". Their errors are in `results.json` and in each run folder's `train.out`.",
+        "",
+    ]
+
+
+def accuracy_section(results: dict[str, Any]) -> list[str]:
+    """Claim 1: ABN's own errors for reference, our accuracy table, a verdict per data set and rival."""
+    out = [
         "## Claim 1: accuracy at least that of the plain backbone and of ABN",
         "",
         "The paper claims a lower top-1 error than ABN and the plain ResNet on CIFAR-10/100 and ImageNet; its "
@@ -515,10 +550,13 @@ def render(results: dict[str, Any]) -> str:
     ]
     for name, ds in results["datasets"].items():
         out += accuracy_claim(name, ds)
-    out += ["", "![accuracy](figures/accuracy.png)", ""]
+    return [*out, "", "![accuracy](figures/accuracy.png)", ""]
 
-    # claim 2
-    out += [
+
+def attention_section(results: dict[str, Any]) -> list[str]:
+    """Claim 2: per data set the attention-quality table of every map, the verdicts and the maps' picture."""
+    models = results["study"]["models"]
+    out = [
         "## Claim 2: better attention maps than ABN's and the post-hoc CAMs'",
         "",
         "The paper reports Average Drop and Increase in Confidence on ImageNet against Grad-CAM, Grad-CAM++, "
@@ -528,12 +566,15 @@ def render(results: dict[str, Any]) -> str:
     ]
     for name, ds in results["datasets"].items():
         out += [f"### {name}", "", *attention_table(ds, models), ""]
-        out += attention_claim(name, ds, metrics)
+        out += attention_claim(name, ds, list(METRICS))
         out += ["", f"![maps on {name}](figures/maps_{name}.png)", ""]
-    out += ["![pointing game](figures/pointing_game.png)", ""]
+    return [*out, "![pointing game](figures/pointing_game.png)", ""]
 
-    # claim 3
-    out += [
+
+def stability_section(results: dict[str, Any]) -> list[str]:
+    """Claim 3: the paper's protocol and mean IoU, then per data set our cross-run table, the verdicts and the
+    settings' own accuracies (the protocol compares settings of similar accuracy)."""
+    out = [
         "## Claim 3: maps far more stable than ABN's across training hyper-parameters",
         "",
         "The paper's protocol (method.md §1.5): maps of the same test images (paired by image id) upsampled, "
@@ -556,14 +597,17 @@ def render(results: dict[str, Any]) -> str:
             "",
             "The settings' runs (the protocol asks for settings of similar accuracy):",
             "",
-            *settings_table(ds, study["settings"]),
+            *settings_table(ds, results["study"]["settings"]),
             "",
             f"![stability on {name}](figures/stability_{name}.png)",
             "",
         ]
+    return out
 
-    # 4
-    out += [
+
+def light_section(results: dict[str, Any]) -> list[str]:
+    """The light FIN against the paper's: the differences table, the sentences, the measured step times."""
+    out = [
         "## The light FIN against the paper's FIN",
         "",
         "Differences light − paper with their spread, and the training-step time ratio measured side by side in "
@@ -574,7 +618,8 @@ def render(results: dict[str, Any]) -> str:
     ]
     for name, ds in results["datasets"].items():
         out += light_claim(name, ds)
-    out += [
+    return [
+        *out,
         "",
         "Training-step times (forward, backward and the runs' own optimiser's update) as measured:",
         "",
@@ -582,8 +627,10 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
 
-    # wall time, commands, software
-    out += ["## Wall time", ""]
+
+def wall_time_section(results: dict[str, Any]) -> list[str]:
+    """Σ training and scoring time per data set (as trained), and this invocation's parts and total."""
+    meta = results["meta"]
     rows = [
         [
             name,
@@ -593,32 +640,49 @@ def render(results: dict[str, Any]) -> str:
         ]
         for name, ds in results["datasets"].items()
     ]
-    out += _table(["data set", "training (sum over runs, as trained)", "attention metrics", "runs"], rows)
-    parts = meta["parts_s"]
-    out += [
+    return [
+        "## Wall time",
+        "",
+        *_table(["data set", "training (sum over runs, as trained)", "attention metrics", "runs"], rows),
         "",
         "This invocation: "
-        + ", ".join(f"{k} {duration_text(v)}" for k, v in parts.items())
+        + ", ".join(f"{k} {duration_text(v)}" for k, v in meta["parts_s"].items())
         + f"; total {duration_text(meta['wall_s'])}. Runs reused from an earlier invocation keep the time they took "
         "when trained.",
         "",
+    ]
+
+
+def _where_commands_run(runs_dir: str) -> str:
+    """Where the commands run and where the study folder is, as :func:`lficam.study.results.portable_path`
+    wrote it: a path in the repository, or ``$STUDY_DIR`` for one outside it (no machine's own path)."""
+    if runs_dir.startswith(STUDY_DIR):
+        return (
+            f"run in the repository root, with `{STUDY_DIR[1:]}` set to the study folder, which was outside "
+            "the repository"
+        )
+    return f"run in the repository root; the study folder is `{runs_dir}`"
+
+
+def commands_section(results: dict[str, Any]) -> list[str]:
+    """The study's command, every run's ``train.py`` command (folded), and the stability protocol alone."""
+    meta = results["meta"]
+    commands = [
+        r["command"] or f"# {r['name']}: not run" for ds in results["datasets"].values() for r in ds["runs"]
+    ]
+    return [
         "## Commands",
         "",
         "```bash",
         meta["command"],
         "```",
         "",
-        "Each run is one `train.py` command (run in the repository root; the study folder is "
-        f"`{meta['runs_dir']}`):",
+        f"Each run is one `train.py` command ({_where_commands_run(meta['runs_dir'])}):",
         "",
         "<details><summary>every run's command</summary>",
         "",
         "```bash",
-        *[
-            r["command"] or f"# {r['name']}: not run"
-            for ds in results["datasets"].values()
-            for r in ds["runs"]
-        ],
+        *commands,
         "```",
         "",
         "</details>",
@@ -627,20 +691,42 @@ def render(results: dict[str, Any]) -> str:
         "`python eval.py stability.runs=outputs/stability/multiruns/<date>_<time>`.",
         "",
     ]
-    out += paper_scale_section(results.get("paper_scale"))
-    out += [
+
+
+def software_section(meta: dict[str, Any]) -> list[str]:
+    """The versions and the machine the study ran with, one item each."""
+    return [
         "## Software and machine",
         "",
         *(f"- {k}: {v}" for k, v in meta["software"].items()),
         *(f"- {k}: {v}" for k, v in meta["machine"].items()),
         "",
     ]
-    return "\n".join(out)
+
+
+def render(results: dict[str, Any]) -> str:
+    """The whole of results.md (pure: the page is a function of results.json alone), its sections in order.
+    Paths are shown as :func:`lficam.study.results.portable_results` writes them, also from an older
+    results.json that holds the absolute paths of the machine that ran the study."""
+    results = portable_results(results)
+    sections = [
+        introduction(results),
+        what_was_run(results),
+        how_maps_were_scored(results["study"]["eval"]),
+        failed_runs(results),
+        accuracy_section(results),
+        attention_section(results),
+        stability_section(results),
+        light_section(results),
+        wall_time_section(results),
+        commands_section(results),
+        paper_scale_section(results.get("paper_scale")),
+        software_section(results["meta"]),
+    ]
+    return "\n".join(line for section in sections for line in section)
 
 
 def duration_text(seconds: Any) -> str:
-    from lficam.study.launch import duration
-
     return "—" if _nan(seconds) else duration(float(seconds))
 
 

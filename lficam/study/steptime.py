@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lficam import create_model
-from lficam.finetune import build_optimizer, split_optimizer_config
+from lficam.training.optimizers import build_optimizer, split_optimizer_config
 
 
 def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x, y, bf16: bool) -> None:

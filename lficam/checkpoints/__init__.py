@@ -1,0 +1,1 @@
+"""Checkpoints: reading them safely and a run's records."""

@@ -1,0 +1,1 @@
+"""The ground floor: errors, maps, the probing context, tensor files, progress, pictures."""

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, its diagnostics and callbacks, loggers, resume, DDP, run folders."""
