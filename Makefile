@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 export WANDB_MODE ?= offline
 
-.PHONY: help setup train test test-fast lint format bench clean fashion-mnist
+.PHONY: help setup train test test-fast lint format bench clean fashion-mnist chromium
 
 help:  ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -59,6 +59,18 @@ fashion-mnist:  ## install Fashion-MNIST (Debian package dataset-fashion-mnist) 
 	else \
 		echo "make fashion-mnist: no apt-get on this machine; copy Fashion-MNIST's four IDX files" \
 		     "(train-images-idx3-ubyte.gz …) into a folder and pass data.root=<folder>"; \
+	fi
+
+chromium:  ## install Debian's chromium and chromium-driver for the browser tests (tests/test_app_browser.py)
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "chromium and chromedriver are installed"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		( $$SUDO apt-get install -y chromium chromium-driver || \
+		  ( $$SUDO apt-get update && $$SUDO apt-get install -y chromium chromium-driver ) ) || \
+		echo "make chromium: apt could not install chromium here; the browser tests will be skipped"; \
+	else \
+		echo "make chromium: no apt-get on this machine; the browser tests will be skipped"; \
 	fi
 
 # --- the reproduction study (conf/study/, lficam/study/): resumable, rerun the same target after a stop ---

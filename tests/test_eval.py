@@ -102,6 +102,9 @@ def test_eval_checkpoint_writes_metrics_tables_and_pictures(runs):
     assert "| metric | own | gradcam | scorecam |" in (out / "metrics.md").read_text()
     assert (out / "deletion_insertion.png").stat().st_size > 5000
     assert (out / "overlays.png").stat().st_size > 5000
+    page = (out / "report.html").read_text()  # the same numbers, both pictures inline
+    assert f"{report['maps']['gradcam']['deletion_auc']:.4f}" in page
+    assert page.count('src="data:image/png;base64,') == 2
     assert "Results written to" in result.stdout
     assert "test split: done in" in result.stdout + result.stderr  # not a terminal: a line per stage
 
@@ -276,6 +279,8 @@ def test_stability_over_a_sweep_folder(runs):
     assert group["iou_mean"] == pytest.approx(iou[0][1])
     assert group["iou_std"] is None  # one pair has no spread: NaN, written as null (not 0)
     assert (out / "stability.png").is_file()
+    page = (out / "report.html").read_text()
+    assert f"{group['iou_mean']:.3f} ± –" in page and page.count('src="data:image/png;base64,') == 1
 
 
 @pytest.mark.slow

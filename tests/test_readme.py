@@ -41,6 +41,8 @@ pytestmark = pytest.mark.slow
 #: README commands that cannot run offline on this machine, and why.
 NOT_OFFLINE = {
     "make test": "runs the whole test suite, this file included (recursive)",
+    "lficam-app <run>": "serves until stopped; tests/test_app_browser.py starts it on a free port and drives it",
+    "pip install -e '.[app]'": "installs from the network where the wheel is not on disk (make setup has)",
     "python train.py trainer=ddp trainer.devices=4": "needs four GPUs (trainer=ddp_cpu runs the same strategy)",
     "python train.py -m hydra/launcher=slurm trainer=ddp": "needs a SLURM cluster (sbatch) and GPUs",
     "make reproduce": "the full study: 60 runs, about 2 h 20 min on 2 CPU cores",

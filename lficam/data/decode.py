@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 
-from lficam.errors import UserError
+from lficam.core.errors import UserError
 
 #: Pillow's decompression-bomb limit (a warning above it, an error at twice it); ImageNet's largest is 0.02 of it.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -45,6 +45,7 @@ class BadImageError(UserError):
     """An image file that no decoder reads: its path and the reason, in one sentence."""
 
     def __init__(self, path: str | Path, reason: str | None = None) -> None:
+        self.reason = reason or ""
         if reason is None:  # rebuilt from its message alone, as PyTorch does after a data-loader worker
             self.path = ""
             super().__init__(str(path))
@@ -136,6 +137,13 @@ def decode_rgb(path: str | Path) -> Tensor:
         data = Path(path).read_bytes()
     except OSError as error:
         raise BadImageError(path, f"{type(error).__name__}: {error.strerror or error}") from None
+    return decode_rgb_data(path, data)
+
+
+def decode_rgb_data(name: str | Path, data: bytes) -> Tensor:
+    """The image file content ``data`` (an upload, say; ``name`` for messages) as a 3×H×W uint8 RGB tensor,
+    with the same guards as :func:`decode_rgb`: the size read from the header first, ``MAX_PIXELS`` at most."""
+    path = name
     size = _jpeg_size(data)
     if size is not None and size[0] * size[1] <= MAX_PIXELS:
         fmt, (width, height) = "JPEG", size

@@ -29,6 +29,7 @@ from lficam.core.errors import UserError
 from lficam.core.pictures import save_deletion_insertion, save_overlay_grid
 from lficam.core.progress import StageProgress
 from lficam.evaluation.cross_run import group_statistics
+from lficam.evaluation.html_report import checkpoint_report_html, stability_report_html, write_report
 from lficam.evaluation.images import build_test_data, first_test_images
 from lficam.evaluation.maps import map_fn, maps_of
 from lficam.evaluation.protocol import PROTOCOL_KEYS, STABILITY_ALL, Protocol, eval_protocol
@@ -260,6 +261,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         {m: all_maps[m][shown] for m in methods},
         columns=8,
     )
+    pictures = {"curves": output_dir / "deletion_insertion.png", "overlays": output_dir / "overlays.png"}
+    write_report(output_dir / "report.html", checkpoint_report_html(json_safe(report), pictures))
     console = Console()
     console.print(f"Test: {accuracy}")
     if fam_line:
@@ -345,6 +348,8 @@ def evaluate_stability(cfg: DictConfig) -> dict[str, Any]:
     save_matrices(
         output_dir / "stability.png", iou, rho, [f"{i}:{r['attention']}" for i, r in enumerate(runs)]
     )
+    pictures = {"matrices": output_dir / "stability.png"}
+    write_report(output_dir / "report.html", stability_report_html(json_safe(report), pictures))
     table = Table(title=f"Cross-run stability of the own maps on {report['num_images']} test images")
     for column in ("attention", "runs", "pairs", "IoU mean ± std", "Spearman mean ± std"):
         table.add_column(column)
