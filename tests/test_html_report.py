@@ -42,6 +42,18 @@ class Page(HTMLParser):
             self._cell.append(data)
 
 
+def decoded(src: str) -> tuple[int, int, int]:
+    """The top-left pixel of an inline PNG, after checking it is one."""
+    assert src.startswith("data:image/png;base64,")
+    data = base64.b64decode(src.split(",", 1)[1], validate=True)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return Image.open(io.BytesIO(data)).getpixel((0, 0))
+
+
+def fetches_nothing(html: str) -> bool:
+    return not re.search(r"https?://|src=\"/|<link|<script", html)
+
+
 def png(path, colour):
     Image.new("RGB", (8, 6), colour).save(path)
     return path
@@ -94,15 +106,27 @@ def test_the_pictures_are_inline_and_nothing_is_fetched(tmp_path):
     html = checkpoint_report_html(REPORT, pictures)
     page = Page(html)
     assert len(page.images) == 2
-    colours = []
-    for src in page.images:
-        assert src.startswith("data:image/png;base64,")
-        data = base64.b64decode(src.split(",", 1)[1])
-        assert data[:8] == b"\x89PNG\r\n\x1a\n"
-        colours.append(Image.open(io.BytesIO(data)).getpixel((0, 0)))
-    assert colours == [(255, 0, 0), (0, 0, 255)]  # the curves, then the overlay grid
-    assert not re.search(r"https?://|src=\"/|<link|<script", html)
+    assert [decoded(src) for src in page.images] == [(255, 0, 0), (0, 0, 255)]  # curves, then overlays
+    assert fetches_nothing(html)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&amp;co" in html
+
+
+def test_the_page_states_accuracy_protocol_and_fam_reference_escaped():
+    report = {
+        **REPORT,
+        "fam_reference": 'class "cat" & <dog>',
+        "maps": {'cam<b>&"x"': {"mask_iou": 0.5}, "own": {"mask_iou": float("nan")}},
+    }
+    html = checkpoint_report_html(report, {})
+    assert "<p>Test: test/acc 0.8125</p>" in html
+    assert "quick protocol on 6 test images, 64 pixels per deletion/insertion step" in html
+    assert "FAM's reference: class &quot;cat&quot; &amp; &lt;dog&gt;" in html
+    page = Page(html)
+    # the parser reads the escaped name back as written, so the header is one cell, not a <b> tag
+    assert page.rows[0] == [("metric", ""), ('cam<b>&"x"', ""), ("own", "")]
+    assert page.rows[1] == [("mask_iou ↑", ""), ("0.5000", "best"), ("–", "")]
+    assert "<b>" not in html
+    assert "FAM's reference" not in checkpoint_report_html(REPORT, {})
 
 
 def test_a_picture_that_was_not_written_leaves_no_image(tmp_path):
@@ -142,4 +166,33 @@ def test_the_stability_page_shows_groups_matrices_and_a_one_pair_std_as_a_dash(t
         ["1: lficam (b/last.ckpt)", "0.625", "1.000"],
     ]
     assert [c for c, _ in page.rows[7]][-1] == "–"  # a null in the matrix
-    assert len(page.images) == 1
+    assert [decoded(src) for src in page.images] == [(0, 255, 0)]
+    assert fetches_nothing(html)
+    assert "&gt; 0.392 of each map" in html
+
+
+def test_the_stability_page_escapes_run_names_and_skips_an_absent_picture(tmp_path):
+    report = {
+        "threshold": 0.5,
+        "num_images": 4,
+        "runs": [{"checkpoint": "<script>x</script>", "attention": "a&b"}] * 2,
+        "iou_matrix": [[1.0, 0.5], [0.5, 1.0]],
+        "spearman_matrix": [[1.0, 0.25], [0.25, 1.0]],
+        "by_attention": {
+            "a&b": {
+                "runs": 3,
+                "pairs": 3,
+                "iou_mean": 0.5,
+                "iou_std": 0.125,
+                "spearman_mean": 0.25,
+                "spearman_std": 0.25,
+            }
+        },
+    }
+    html = stability_report_html(report, {"matrices": tmp_path / "missing.png"})
+    page = Page(html)
+    assert [c for c, _ in page.rows[1]] == ["a&b", "3", "3", "0.500 ± 0.125", "0.250 ± 0.250"]
+    assert page.rows[3][0][0] == "0: a&b (<script>x</script>)"
+    assert fetches_nothing(html)
+    assert page.images == []
+    assert "no spread" not in html  # every std is defined

@@ -46,6 +46,7 @@ def _picture(path: Path | None, alt: str) -> str:
 
 
 def _page(title: str, body: Iterable[str]) -> str:
+    """A whole document around ``body``; the style is inline so that the file needs nothing beside it."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>\n"
@@ -55,8 +56,9 @@ def _page(title: str, body: Iterable[str]) -> str:
 
 
 def metric_rows(maps: dict[str, dict[str, Any]]) -> list[tuple[str, list[float | None], set[int]]]:
-    """(metric, each method's value, the columns holding the row's best value) for every metric some method
-    has, in the order of eval.py's tables; ties are all best, and a row with one defined value still marks it."""
+    """(metric, each method's value, the columns holding the row's best value) for every metric some
+    method has, in the order of eval.py's tables; ties are all best, and a row with one defined value still
+    marks it."""
     methods = list(maps)
     rows = []
     for metric in [m for m in METRICS if any(m in maps[k] for k in methods)]:
@@ -96,11 +98,13 @@ def checkpoint_report_html(report: dict[str, Any], pictures: dict[str, Path]) ->
         f"{escape(str(k))} {v:.4f}" for k, v in (report.get("test") or {}).items() if _number(v) is not None
     )
     protocol = report.get("protocol") or {}
+    name, images = protocol.get("protocol", ""), report.get("num_images", DASH)
+    step = protocol.get("pixels_per_step", DASH)
     body = [
         f"<h1>{escape(title)}</h1>",
         f"<p>Test: {test or DASH}</p>",
-        f'<p class="note">{escape(str(protocol.get("protocol", "")))} protocol on {report.get("num_images", DASH)} '
-        f"test images, {escape(str(protocol.get('pixels_per_step', DASH)))} pixels per deletion/insertion step</p>",
+        f'<p class="note">{escape(str(name))} protocol on {escape(str(images))} test images, '
+        f"{escape(str(step))} pixels per deletion/insertion step</p>",
     ]
     if report.get("fam_reference"):
         body.append(f"<p>FAM's reference: {escape(str(report['fam_reference']))}</p>")
@@ -139,8 +143,9 @@ def stability_report_html(report: dict[str, Any], pictures: dict[str, Path]) -> 
     title = f"lficam cross-run stability of {len(runs)} runs"
     body = [
         f"<h1>{escape(title)}</h1>",
-        f'<p class="note">own maps of {report.get("num_images", DASH)} test images, paired by image id; IoU at '
-        f"&gt; {escape(str(report.get('threshold', '')))} of each map's range (method.md §1.5)</p>",
+        f'<p class="note">own maps of {escape(str(report.get("num_images", DASH)))} test images, paired by '
+        f"image id; IoU at &gt; {escape(str(report.get('threshold', '')))} of each map's range "
+        "(method.md §1.5)</p>",
         "<table><tr><th>attention</th><th>runs</th><th>pairs</th><th>IoU mean ± std</th>"
         "<th>Spearman mean ± std</th></tr>",
     ]
@@ -148,7 +153,8 @@ def stability_report_html(report: dict[str, Any], pictures: dict[str, Path]) -> 
     for kind, group in (report.get("by_attention") or {}).items():
         one_pair |= _number(group.get("iou_std")) is None
         body.append(
-            f"<tr><td>{escape(str(kind))}</td><td>{group.get('runs')}</td><td>{group.get('pairs')}</td>"
+            f"<tr><td>{escape(str(kind))}</td><td>{escape(str(group.get('runs')))}</td>"
+            f"<td>{escape(str(group.get('pairs')))}</td>"
             f"<td>{_mean_std(group.get('iou_mean'), group.get('iou_std'))}</td>"
             f"<td>{_mean_std(group.get('spearman_mean'), group.get('spearman_std'))}</td></tr>"
         )
@@ -165,6 +171,7 @@ def stability_report_html(report: dict[str, Any], pictures: dict[str, Path]) -> 
 
 
 def write_report(path: Path, html: str) -> Path:
+    """Write ``html`` to ``path`` as UTF-8: the page declares that charset, and its arrows need it."""
     path = Path(path)
     path.write_text(html, encoding="utf-8")
     return path
