@@ -25,18 +25,8 @@ from lficam.app.launch import DATA_DIR_VARIABLE, TARGET_VARIABLE
 from lficam.core.errors import UserError
 from lficam.core.pictures import overlay
 from lficam.evaluation.maps import OWN
-from lficam.evaluation.scores import HIGHER_IS_BETTER
+from lficam.evaluation.scores import METRIC_NAMES, METRICS, arrow
 
-#: the per-image scores shown, in this order (the names of eval.py's metrics.json)
-SHOWN = {
-    "pointing_game": "pointing game",
-    "energy_pointing_game": "energy pointing game",
-    "mask_iou": "mask IoU",
-    "deletion_auc": "deletion AUC",
-    "insertion_auc": "insertion AUC",
-    "average_drop": "Average Drop %",
-    "increase_in_confidence": "Increase in Confidence %",
-}
 METHOD_LABELS = {OWN: "own map"}
 
 
@@ -125,17 +115,14 @@ def show_scores(explorer: Explorer, sample: Sample, methods: list[str]) -> None:
     rows, deletion, insertion = {}, {}, {}
     for method in methods:
         scores = explorer.scores(sample, method)
-        rows[label_of(method)] = {SHOWN[k]: v for k, v in scores.values.items() if k in SHOWN}
+        rows[label_of(method)] = scores.values
         if scores.curves:
             fractions = scores.curves["fractions"].numpy()
             deletion[label_of(method)] = pd.Series(scores.curves["deletion"][0].numpy(), index=fractions)
             insertion[label_of(method)] = pd.Series(scores.curves["insertion"][0].numpy(), index=fractions)
-    table = pd.DataFrame(rows)
-    table.index = [
-        f"{name} {'↑' if HIGHER_IS_BETTER[key] else '↓'}"
-        for key, name in SHOWN.items()
-        if name in table.index
-    ]
+    table = pd.DataFrame(rows)  # metrics as rows: put them in eval.py's order, then name them
+    table = table.loc[[m for m in METRICS if m in table.index]]
+    table.index = [f"{METRIC_NAMES[m]} {arrow(m)}" for m in table.index]
     st.dataframe(table.style.format("{:.3f}", na_rep="–"), width="stretch")
     if sample.mask is None:
         st.caption("No object mask for this image: the pointing game and mask IoU need one.")

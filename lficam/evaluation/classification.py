@@ -34,7 +34,7 @@ from lficam.evaluation.images import build_test_data, first_test_images
 from lficam.evaluation.maps import map_fn, maps_of
 from lficam.evaluation.protocol import PROTOCOL_KEYS, STABILITY_ALL, Protocol, eval_protocol
 from lficam.evaluation.prototypes import fam_setup
-from lficam.evaluation.scores import METRICS, OWN, score_maps
+from lficam.evaluation.scores import METRICS, OWN, arrow, score_maps
 
 log = logging.getLogger("lficam")
 
@@ -145,7 +145,7 @@ def stage_costs(
 
 
 def _label(metric: str) -> str:
-    return f"{metric} {'↑' if METRICS[metric][0] else '↓'}"
+    return f"{metric} {arrow(metric)}"
 
 
 def _cell(row: dict[str, float], metric: str) -> str:

@@ -16,7 +16,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from lficam.evaluation.scores import HIGHER_IS_BETTER, METRICS
+from lficam.evaluation.scores import HIGHER_IS_BETTER, METRICS, arrow
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
@@ -80,12 +80,11 @@ def _metrics_table(maps: dict[str, dict[str, Any]]) -> str:
         f"<tr><th>metric</th>{head}</tr>",
     ]
     for metric, values, best in metric_rows(maps):
-        arrow = "↑" if HIGHER_IS_BETTER[metric] else "↓"
         cells = "".join(
             f'<td class="best">{v:.4f}</td>' if i in best else f"<td>{DASH if v is None else f'{v:.4f}'}</td>"
             for i, v in enumerate(values)
         )
-        lines.append(f"<tr><td>{escape(metric)} {arrow}</td>{cells}</tr>")
+        lines.append(f"<tr><td>{escape(metric)} {arrow(metric)}</td>{cells}</tr>")
     lines.append("</table>")
     return "\n".join(lines)
 

@@ -41,6 +41,30 @@ METRICS: dict[str, tuple[bool, bool]] = {
 #: metric name → higher is better (the study's tables and verdicts)
 HIGHER_IS_BETTER: dict[str, bool] = {name: higher for name, (higher, _) in METRICS.items()}
 
+#: metric name → how tables for people name it (the study's report, the explorer)
+METRIC_NAMES: dict[str, str] = {
+    "pointing_game": "pointing game",
+    "energy_pointing_game": "energy pointing game",
+    "mask_iou": "mask IoU",
+    "deletion_auc": "deletion AUC",
+    "insertion_auc": "insertion AUC",
+    "average_drop": "Average Drop %",
+    "increase_in_confidence": "Increase in Confidence %",
+    "road_morf": "ROAD MoRF",
+    "road_lerf": "ROAD LeRF",
+    "road_combined": "ROAD combined",
+    "stability_noise_iou": "noise stability IoU",
+    "stability_noise_spearman": "noise stability ρ",
+    "stability_flip_iou": "flip stability IoU",
+    "stability_flip_spearman": "flip stability ρ",
+}
+
+
+def arrow(metric: str) -> str:
+    """``↑`` where a higher value of ``metric`` is better, ``↓`` where a lower one is: every table's marker."""
+    return "↑" if HIGHER_IS_BETTER[metric] else "↓"
+
+
 MapFn = Callable[[Tensor], Tensor]
 
 

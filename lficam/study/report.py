@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lficam.evaluation.scores import METRIC_NAMES, arrow
 from lficam.study.attention import METRICS, OWN
 from lficam.study.launch import duration
 from lficam.study.results import STUDY_DIR, difference, portable_results
@@ -45,19 +46,6 @@ OWN_NAMES = {
     "lficam_lite": "LFI-CAM light's A",
     "abn": "ABN's M",
     "plain": "plain CAM",
-}
-METRIC_NAMES = {
-    "pointing_game": "pointing game",
-    "energy_pointing_game": "energy pointing game",
-    "mask_iou": "mask IoU",
-    "deletion_auc": "deletion AUC",
-    "insertion_auc": "insertion AUC",
-    "average_drop": "Average Drop %",
-    "increase_in_confidence": "Increase in Confidence %",
-    "stability_noise_iou": "noise stability IoU",
-    "stability_noise_spearman": "noise stability ρ",
-    "stability_flip_iou": "flip stability IoU",
-    "stability_flip_spearman": "flip stability ρ",
 }
 PERCENT = {"average_drop", "increase_in_confidence"}
 
@@ -366,7 +354,7 @@ def attention_rows(ds: dict[str, Any], models: list[str]) -> list[str]:
 def attention_table(ds: dict[str, Any], models: list[str]) -> list[str]:
     keys = attention_rows(ds, models)
     metrics = [m for m in METRICS if any(m in ds["attention"][k] for k in keys)]
-    header = ["map", *(f"{METRIC_NAMES[m]} {'↑' if METRICS[m] else '↓'}" for m in metrics)]
+    header = ["map", *(f"{METRIC_NAMES[m]} {arrow(m)}" for m in metrics)]
     rows = []
     for key in keys:
         row = ds["attention"][key]
