@@ -13,6 +13,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
+from tests import warm_python
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
@@ -128,7 +130,7 @@ def run_quietly(command: list[str], timeout: float = 300) -> subprocess.Complete
     """Run a command in its own process group; on a timeout, stop the whole group (DDP ranks included)
     instead of waiting on a pipe that a left-over rank still holds."""
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
+    proc = warm_python.popen(
         command,
         cwd=ROOT,
         env=env,

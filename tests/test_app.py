@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
 import sys
 
 import pytest
@@ -19,6 +18,7 @@ from lficam.evaluation.images import build_test_data, first_test_images
 from lficam.evaluation.maps import OWN, map_fn
 from lficam.evaluation.scores import score_maps
 from lficam.training.task import train
+from tests import warm_python
 from tests.conftest import ROOT, TINY, compose_train, subprocess_env
 
 streamlit_testing = pytest.importorskip(
@@ -237,7 +237,7 @@ def test_a_bad_path_is_a_sentence_in_the_page_not_a_traceback(monkeypatch, tmp_p
 
 @pytest.mark.slow
 def test_lficam_app_refuses_a_bad_path_before_serving(tmp_path):
-    result = subprocess.run(
+    result = warm_python.run(
         [sys.executable, "-m", "lficam.app.launch", str(tmp_path / "nowhere")],
         cwd=ROOT,
         env=subprocess_env(),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from lficam.core.known_warnings import quiet_known_warnings
 from lficam.explain import command as explain
 from lficam.export import export
 from lficam.training.callbacks import RichNetworkSummary
+from tests import warm_python
 from tests.conftest import ROOT, SMALL_MODEL, compose_train, one_step_checkpoint, subprocess_env
 
 MODEL_CONFIG = SMALL_MODEL
@@ -220,7 +220,7 @@ def test_a_run_folder_that_cannot_be_made_is_one_sentence(where, a_file, capsys)
 @pytest.mark.slow
 def test_a_run_folder_that_exists_but_cannot_be_written_is_one_sentence(tmp_path):
     """/proc/self exists; nothing can be created in it (Hydra's log file is the first thing it writes)."""
-    result = subprocess.run(
+    result = warm_python.run(
         [sys.executable, str(ROOT / "eval.py"), "hydra.run.dir=/proc/self"],
         cwd=tmp_path,
         env=subprocess_env(),

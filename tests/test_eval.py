@@ -4,7 +4,6 @@ import io
 import json
 import logging
 import math
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -30,6 +29,7 @@ from lficam.evaluation.images import build_test_data
 from lficam.evaluation.protocol import protocol_options
 from lficam.evaluation.scores import METRICS
 from lficam.training.task import train
+from tests import warm_python
 from tests.conftest import CONF, ROOT, TINY, compose_train, subprocess_env
 
 
@@ -55,7 +55,7 @@ def compose_eval(overrides, output_dir, data_dir):
 
 
 def run_eval(args, tmp_path):
-    return subprocess.run(
+    return warm_python.run(
         [sys.executable, str(ROOT / "eval.py"), *args, f"paths.data_dir={tmp_path / 'data'}"],
         cwd=tmp_path,
         env=subprocess_env(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from PIL import Image
 
 from lficam import cli
 from lficam.explain import command as explain
+from tests import warm_python
 from tests.conftest import SMALL_MODEL, one_step_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def test_user_mistakes_get_one_sentence_and_exit_code_2(
 def test_as_a_module_from_the_shell(checkpoint: Path, pictures: list[Path], tmp_path: Path) -> None:
     missing = tmp_path / "missing.jpg"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    result = subprocess.run(
+    result = warm_python.run(
         [
             sys.executable,
             "-m",

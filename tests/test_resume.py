@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 import torch
 
+from tests import warm_python
+
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 TINY_RUN = [
@@ -54,7 +56,7 @@ def _start(*arguments: str, multirun: bool = False) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *TINY_RUN, *arguments]
     # its own process group: a SIGKILL to the group takes the data-loader workers with it
-    return subprocess.Popen(
+    return warm_python.popen(
         command,
         cwd=ROOT,
         env=env,

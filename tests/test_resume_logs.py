@@ -18,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lficam.training.loggers import CSVLogger, LogResume, instantiate_loggers, resume_step, wandb_run_id
+from tests import warm_python
 from tests.conftest import ROOT, run_quietly
 from tests.test_loggers import wandb_records
 
@@ -173,7 +174,7 @@ def _start(run_dir: Path, *extra: str):
 
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(ROOT / "train.py"), *RUN, f"hydra.run.dir={run_dir}", *extra]
-    return subprocess.Popen(
+    return warm_python.popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 

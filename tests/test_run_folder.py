@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from lficam.training import run_folder
 from lficam.training.run_folder import RunFolderInUseError
+from tests import warm_python
 from tests.conftest import CONF, ROOT, run_quietly, subprocess_env
 
 # Another run's hold on a folder as lficam.training.run_folder takes it (an exclusive flock on <folder>/.lock, which
@@ -147,7 +148,7 @@ def test_train_py_in_its_default_folder_takes_the_lock_without_warnings(tmp_path
         *("train=false", "test=false", "optimized_metric=null"),
     ]
     env = {**subprocess_env(), "OMP_NUM_THREADS": "1"}
-    run = subprocess.Popen(
+    run = warm_python.popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     _, stderr = run.communicate(timeout=300)

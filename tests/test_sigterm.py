@@ -24,6 +24,7 @@ from omegaconf import open_dict
 import lficam
 from lficam import cli
 from lficam.cli import run_task
+from tests import warm_python
 from tests.conftest import ROOT, compose_train
 
 TINY_RUN = [
@@ -55,7 +56,7 @@ def test_sigterm_after_the_first_checkpoint_exits_143_and_says_how_to_resume(tmp
     last = run_dir / "checkpoints" / "last.ckpt"
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    process = subprocess.Popen(
+    process = warm_python.popen(
         [
             sys.executable,
             str(ROOT / "train.py"),

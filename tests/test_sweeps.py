@@ -23,6 +23,7 @@ import lficam.training.task
 from lficam import cli
 from lficam.cli import run_task
 from lficam.core.errors import UserError
+from tests import warm_python
 from tests.conftest import run_quietly, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def train_py_in(folder: Path, *arguments: str) -> subprocess.CompletedProcess:
     """``python train.py ...`` started in ``folder``: paths.root_dir follows the working directory, so the
     default outputs/ and data/ are made there, not in the repository."""
     env = {**subprocess_env(), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
+    return warm_python.run(
         [sys.executable, str(ROOT / "train.py"), *arguments],
         cwd=folder,
         env=env,

@@ -3,12 +3,12 @@
 import csv
 import json
 import math
-import subprocess
 import sys
 
 import pytest
 
 from lficam.training.task import train
+from tests import warm_python
 from tests.conftest import ROOT, TINY, compose_train, subprocess_env
 
 CLI_TINY = [
@@ -25,7 +25,7 @@ CLI_TINY = [
 
 def run_cli(args, tmp_path, timeout=300):
     env = subprocess_env()
-    return subprocess.run(
+    return warm_python.run(
         [sys.executable, str(ROOT / "train.py"), *args, f"paths.data_dir={tmp_path / 'data'}"],
         cwd=tmp_path,
         env=env,
