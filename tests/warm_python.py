@@ -131,6 +131,7 @@ def serve(socket_path: str) -> None:
     listener.bind(socket_path)
     listener.listen(64)
     print("ready", flush=True)
+    parent = os.getppid()
     waiting: dict[int, socket.socket] = {}  # child pid -> the connection its exit status goes back on
     while True:
         ready, _, _ = select.select([listener], [], [], 0.05)
@@ -160,7 +161,7 @@ def serve(socket_path: str) -> None:
                         json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode() + b"\n"
                     )
                 connection.close()
-        if os.getppid() == 1:  # the test process died: nobody will ask again
+        if os.getppid() != parent:  # the test process died (we were reparented): nobody will ask again
             return
 
 
