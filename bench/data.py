@@ -7,7 +7,9 @@ Prints three tables, each measured in one process so that machine load affects e
 2. the image-folder loader at 224 px (RandomResizedCrop + flip, batches of 32) with 0, 2 and 4 workers,
    against a bare ``torchvision.datasets.ImageFolder`` with the same transforms, and ours with masks;
 3. the Fashion-MNIST (32 px) and cluttered Fashion-MNIST (64 px) training loaders against the training
-   step of a CIFAR ResNet-20 (plain and LFI-CAM) at those sizes, batches of 128.
+   step of a CIFAR ResNet-20 (plain and LFI-CAM) at those sizes, batches of 128;
+4. streamed data sets (litdata) from a folder and from a local object store beside the image folder at 224 px
+   (``bench/streamed.py``, also run alone).
 Files are written to a temporary folder (synthetic 500×375 JPEGs, ImageNet's typical size); the Fashion
 tables need Fashion-MNIST's files (``make fashion-mnist`` or ``--fashion-root``) and are skipped without.
 """
@@ -223,6 +225,9 @@ def main() -> None:
     finally:
         if not args.cache:
             shutil.rmtree(cache, ignore_errors=True)
+    from streamed import streamed_table  # bench/streamed.py, beside this file
+
+    streamed_table(args.images, [n for n in args.workers if n <= 2], args.repeats)
 
 
 if __name__ == "__main__":

@@ -94,11 +94,18 @@ NO_DATA_SIZES = [o for o in TINY if not o.startswith("data.")]
 @pytest.mark.parametrize("name", options("data"))
 def test_data_options_instantiate(name, tmp_path):
     extra = ["data.num_classes=10"] if name == "image_folder" else []  # the one whose classes the user gives
+    if name == "streaming":  # reads a data set written by lficam-optimize: tiny shapes, 10 classes
+        from lficam.data import ShapesDataModule
+        from lficam.data.stream_write import write_streamed
+
+        sizes = {"image_size": 16, "train_size": 16, "val_size": 8, "test_size": 8}
+        write_streamed(ShapesDataModule(**sizes), str(tmp_path / "chunks"))
+        extra = [f"data.input_dir={tmp_path / 'chunks'}"]
     cfg = compose_train([*NO_DATA_SIZES, f"data={name}", *extra], tmp_path)
     datamodule = instantiate(cfg.data)
     yaml = option_yaml("data", name)
     assert type(datamodule) is get_class(yaml["_target_"])
-    assert datamodule.num_classes == (10 if name == "image_folder" else yaml["num_classes"])
+    assert datamodule.num_classes == (10 if name in ("image_folder", "streaming") else yaml["num_classes"])
     assert (datamodule.batch_size, datamodule.eval_batch_size) == (
         yaml["batch_size"],
         yaml["eval_batch_size"],

@@ -167,3 +167,46 @@ def test_sigterm_and_ctrl_c_share_one_path_with_their_own_exit_codes(stop, code,
     assert exit_.value.code == code
     assert capsys.readouterr().err == "resume with ckpt_path=x/last.ckpt\n"
     assert not cli.terminated(SystemExit(0))  # a plain exit is not a SIGTERM
+
+
+def test_sigterm_with_step_checkpoints_names_the_step_checkpoint_not_an_epoch(tmp_path, capsys) -> None:
+    """With ``callbacks.last_checkpoint.every_n_train_steps`` the hint names the step checkpoint, from which a
+    resume continues the epoch, not "the last complete epoch"; before the first such step, that none exists."""
+    from lficam.training.task import resume_hint
+
+    steps = [
+        "data.train_size=32",  # 2 steps an epoch
+        "data.val_size=16",
+        "trainer.max_epochs=3",
+        "test=false",
+        "callbacks.last_checkpoint.every_n_train_steps=3",
+        "callbacks.last_checkpoint.every_n_epochs=null",
+    ]
+    cfg = compose_train([*TINY_RUN, *steps], tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert resume_hint(cfg) == (
+        f"Interrupted before the first checkpoint (every 3 training steps), so none was written ({last} does "
+        f"not exist): there is nothing to resume; start the run again (run folder {tmp_path})."
+    )
+    with open_dict(cfg):
+        cfg.callbacks.stop = {
+            "_target_": f"{__name__}.SignalsAt",
+            "epoch": 2,
+            "signals": [int(signal.SIGTERM)],
+        }
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            run_task(cfg)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert exit_.value.code == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "Interrupted; resume from the last checkpoint (written every 3 training steps; the run continues at the "
+        f"batch after it) with the same command and ckpt_path={last} (run folder {tmp_path})."
+    )
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3  # inside epoch 1
+    with open_dict(cfg):  # the epoch checkpoints' text is unchanged
+        cfg.callbacks.last_checkpoint.every_n_train_steps = 0
+        cfg.callbacks.last_checkpoint.every_n_epochs = 1
+    assert resume_hint(cfg) == _hint(last, tmp_path)

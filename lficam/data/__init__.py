@@ -6,6 +6,7 @@ from lficam.data.fashion_clutter import FashionClutterDataModule
 from lficam.data.fashion_mnist import FashionMNISTDataModule
 from lficam.data.image_folder import ImageFolderDataModule
 from lficam.data.shapes_datamodule import ShapesDataModule, ShapesDataset
+from lficam.data.streaming import StreamingDataModule
 
 __all__ = [
     "CIFAR10DataModule",
@@ -18,4 +19,5 @@ __all__ = [
     "ImageFolderDataModule",
     "ShapesDataModule",
     "ShapesDataset",
+    "StreamingDataModule",
 ]

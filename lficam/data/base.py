@@ -14,7 +14,8 @@ epoch) (:class:`~lficam.data.seeding.EpochShuffleSampler`) and every augmentatio
 epoch, index) (:class:`~lficam.data.seeding.EpochSeededDataset`), never of the global random state that
 checkpoints do not hold; the indices carry their epoch to the workers, and :class:`EpochDataLoader` draws the
 order at the first batch (see there why), so a run resumed from ``last.ckpt`` sees the batches an unbroken run
-sees. ``state_dict`` puts the input description (size, mean, std, class names) into every checkpoint for
+sees; a checkpoint taken inside an epoch (``every_n_train_steps``) resumes at its next batch
+(:meth:`ClassificationDataModule.trained_in_epoch`). ``state_dict`` puts the input description (size, mean, std, class names) into every checkpoint for
 :func:`lficam.load` and exports.
 """
 
@@ -60,6 +61,15 @@ class EpochDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         return _StartsAtFirstBatch(self, super().__iter__)
+
+    # Lightning's stateful-loader protocol, with nothing to keep: where a resumed epoch starts is Lightning's
+    # own restored batch counter (ClassificationDataModule.trained_in_epoch). Declaring it silences Lightning's
+    # warning that a mid-epoch checkpoint cannot be resumed, which for this loader is not true.
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore (see :meth:`state_dict`)."""
 
 
 class _StartsAtFirstBatch(Iterator[Any]):
@@ -148,7 +158,13 @@ class ClassificationDataModule(pl.LightningDataModule):
         if train:
             # under DDP too: Lightning keeps a DistributedSampler (which this is) instead of its own
             replicas, rank = self._replicas()
-            sampler = EpochShuffleSampler(len(dataset), self.shuffle_seed, num_replicas=replicas, rank=rank)
+            sampler = EpochShuffleSampler(
+                len(dataset),
+                self.shuffle_seed,
+                num_replicas=replicas,
+                rank=rank,
+                position=self.trained_in_epoch,
+            )
         return EpochDataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -165,6 +181,21 @@ class ClassificationDataModule(pl.LightningDataModule):
         if trainer is None:
             return 1, 0
         return trainer.world_size, trainer.global_rank
+
+    def trained_in_epoch(self) -> int:
+        """How many images of this rank's share of the current training epoch were trained on already: 0 at an
+        epoch's start, k × batch size in a run resumed from a checkpoint taken after its k-th batch.
+
+        The count is Lightning's own batch counter, restored from the checkpoint with the loops and read when
+        the epoch's first batch is drawn (:class:`EpochDataLoader` draws its order then). It lives in the
+        trainer, not in the loader, so no loader state has to survive Lightning's restore order, which drops
+        a stateful loader's state when ``configure_optimizers`` reads ``trainer.estimated_stepping_batches``
+        (Lightning issue 20550).
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.training:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready * self.batch_size
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

@@ -365,6 +365,26 @@ def warn_lossy_masks(paths: list[Path], split: str, workers: int = 8) -> None:
         )
 
 
+def folder_transform(
+    random: bool,
+    image_size: int,
+    scale: tuple[float, float] | list[float],
+    resize_size: int,
+    mean: tuple[float, ...] | list[float],
+    std: tuple[float, ...] | list[float],
+) -> v2.Transform:
+    """The image folder's transform of a uint8 image (and its mask): RandomResizedCrop and a flip when
+    ``random``, else a resize of the short side to ``resize_size`` and a centre crop; then normalised."""
+    if random:
+        geometry = [
+            v2.RandomResizedCrop(image_size, scale=tuple(scale), antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
+    else:
+        geometry = [v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)]
+    return v2.Compose([*geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
 class ImageFileDataset(EpochSeededDataset):
     """Images (and, where the split has ground truth, their masks) read from disk on access.
 
@@ -553,15 +573,8 @@ class ImageFolderDataModule(ClassificationDataModule):
         return any(getattr(s, "has_masks", False) for s in sets)
 
     def transforms(self, train: bool) -> v2.Transform:
-        if train and self.augment:
-            geometry = [
-                v2.RandomResizedCrop(self.image_size, scale=self.scale, antialias=True),
-                v2.RandomHorizontalFlip(),
-            ]
-        else:
-            geometry = [v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(self.image_size)]
-        return v2.Compose(
-            [*geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))]
+        return folder_transform(
+            train and self.augment, self.image_size, self.scale, self.resize_size, self.mean, self.std
         )
 
     def _folder(self, split: str, required: bool = True) -> Path | None:

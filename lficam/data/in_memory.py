@@ -157,22 +157,37 @@ class MaskedImageDataset(EpochSeededDataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         image, mask = self.images[index], self.masks[index]
         if self.augment:
-            top, left, flip = self.crop_and_flip(index)
-            if self.padding:
-                size, p = image.shape[-1], self.padding
-                image = F.pad(image, (p, p, p, p))[..., top : top + size, left : left + size]
-                mask = F.pad(mask, (p, p, p, p))[top : top + size, left : left + size]
-            if flip:
-                image, mask = image.flip(-1), mask.flip(-1)
-        pixels = image.float().div_(255)
-        if pixels.ndim == 2:  # grey: the same plane in the three channels an ImageNet-style stem expects
-            pixels = pixels.expand(3, *pixels.shape)
+            image, mask = crop_and_flip(image, mask, *self.crop_and_flip(index), padding=self.padding)
         return {
-            "image": (pixels - self.mean) / self.std,
+            "image": normalized(image, self.mean, self.std),
             "label": self.labels[index],
             "mask": mask,
             "index": torch.tensor(index),
         }
+
+
+def crop_and_flip(
+    image: Tensor, mask: Tensor | None, top: int, left: int, flip: bool, *, padding: int
+) -> tuple[Tensor, Tensor | None]:
+    """The same crop of the ``padding``-padded image and mask at (top, left), and the same horizontal flip:
+    :class:`MaskedImageDataset`'s augmentation, also applied to streamed items (:mod:`lficam.data.streaming`)."""
+    if padding:
+        size, p = image.shape[-1], padding
+        image = F.pad(image, (p, p, p, p))[..., top : top + size, left : left + size]
+        if mask is not None:
+            mask = F.pad(mask, (p, p, p, p))[top : top + size, left : left + size]
+    if flip:
+        image = image.flip(-1)
+        mask = mask.flip(-1) if mask is not None else None
+    return image, mask
+
+
+def normalized(image: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """uint8 S×S (grey) or 3×S×S pixels → a 3×S×S float image, (pixels / 255 − mean) / std per channel."""
+    pixels = image.float().div_(255)
+    if pixels.ndim == 2:  # grey: the same plane in the three channels an ImageNet-style stem expects
+        pixels = pixels.expand(3, *pixels.shape)
+    return (pixels - mean) / std
 
 
 def split_datasets(

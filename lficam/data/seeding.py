@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -80,11 +80,24 @@ class EpochShuffleSampler(DistributedSampler):
     Under DDP, rank r of n takes every n-th index of the same order, padded like PyTorch's
     ``DistributedSampler`` to a multiple of n. It is one, so that Lightning keeps it instead of swapping in
     its own sampler, and the order stays a function of this run's seed on any number of devices.
+
+    ``position``, when given, is asked as each iteration starts how many of this rank's indices of the epoch
+    were trained on already (a run resumed from a checkpoint taken inside the epoch); they are skipped, so the
+    rest of the epoch is what an unbroken run draws. The order itself does not change.
     """
 
-    def __init__(self, size: int, seed: int, *, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        position: Callable[[], int] | None = None,
+    ) -> None:
         super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.size = size
+        self.position = position
 
     def __iter__(self) -> Iterator[EpochIndex]:
         epoch = self.epoch
@@ -92,7 +105,9 @@ class EpochShuffleSampler(DistributedSampler):
         order = torch.randperm(self.size, generator=generator).tolist()
         if self.size and len(order) < self.total_size:  # pad with the order's own start, as PyTorch does
             order = (order * math.ceil(self.total_size / self.size))[: self.total_size]
-        return (EpochIndex(i, epoch) for i in order[self.rank : self.total_size : self.num_replicas])
+        start = self.position() if self.position is not None else 0
+        mine = order[self.rank : self.total_size : self.num_replicas]
+        return (EpochIndex(i, epoch) for i in mine[start:])
 
 
 class EpochSeededDataset(Dataset):
