@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 export WANDB_MODE ?= offline
 
-.PHONY: help setup train test test-fast lint format bench clean fashion-mnist chromium
+.PHONY: help setup train test test-fast lint format bench clean fashion-mnist chromium slurm
 
 help:  ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -71,6 +71,19 @@ chromium:  ## install Debian's chromium and chromium-driver for the browser test
 		echo "make chromium: apt could not install chromium here; the browser tests will be skipped"; \
 	else \
 		echo "make chromium: no apt-get on this machine; the browser tests will be skipped"; \
+	fi
+
+slurm:  ## install SLURM and munge (Debian's slurm-wlm, munge; postgresql) for the cluster tests (tests/test_cluster_*.py)
+	@if command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 && command -v sbatch >/dev/null 2>&1 \
+	    && [ -x /usr/lib/postgresql/15/bin/initdb ]; then \
+		echo "slurm, munge and postgresql are installed"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		( $$SUDO apt-get install -y slurm-wlm munge postgresql || \
+		  ( $$SUDO apt-get update && $$SUDO apt-get install -y slurm-wlm munge postgresql ) ) || \
+		echo "make slurm: apt could not install slurm-wlm here; the cluster tests will be skipped"; \
+	else \
+		echo "make slurm: no apt-get on this machine; the cluster tests will be skipped"; \
 	fi
 
 # --- the reproduction study (conf/study/, lficam/study/): resumable, rerun the same target after a stop ---

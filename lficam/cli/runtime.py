@@ -114,6 +114,8 @@ def startup_message(error: BaseException) -> str | None:
     from hydra.errors import CompactHydraException, HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    if isinstance(error, UserError):  # a launcher of ours refused the sweep (lficam.cli.slurm_launcher)
+        return f"Error: {error}"
     if isinstance(error, CompactHydraException):  # Hydra's own words: the key, the choices, the fix
         cause = error.__cause__
         extra = f"\n{cause}" if isinstance(cause, OmegaConfBaseException) else ""

@@ -55,6 +55,54 @@ def check_devices(cfg: DictConfig) -> None:
         )
 
 
+#: How long a node other than the first waits for the first node's rendezvous endpoint (seconds); the
+#: environment variable of this name changes it.
+RENDEZVOUS_TIMEOUT_VARIABLE = "LFICAM_RENDEZVOUS_TIMEOUT"
+_RENDEZVOUS_TIMEOUT_S = 300.0
+
+
+def check_rendezvous(cfg: DictConfig) -> None:
+    """On a node other than the first of a multi-node run started by hand (``MASTER_ADDR``/``MASTER_PORT``,
+    ``NODE_RANK`` > 0), wait until the first node's endpoint answers, for ``LFICAM_RENDEZVOUS_TIMEOUT``
+    seconds, and otherwise stop with one sentence, before any rank is started: gloo/NCCL would wait 30 minutes
+    for it and end in a traceback. torchrun's workers are past their rendezvous already (their agent holds it),
+    and SLURM's nodes start together, so neither is checked here."""
+    import socket
+    import time
+
+    trainer = cfg.get("trainer") or {}
+    if int(trainer.get("num_nodes", 1) or 1) < 2 or "TORCHELASTIC_RUN_ID" in os.environ:
+        return
+    address, port, node = (os.environ.get(k, "") for k in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK"))
+    if not (address and port.isdigit() and node.isdigit() and int(node) > 0):
+        return
+    if os.environ.get("LOCAL_RANK", "0") != "0":  # a node's extra ranks start after its first one checked
+        return
+    text = os.environ.get(RENDEZVOUS_TIMEOUT_VARIABLE, "")
+    try:
+        timeout = float(text) if text else _RENDEZVOUS_TIMEOUT_S
+    except ValueError:
+        raise UserError(f"{RENDEZVOUS_TIMEOUT_VARIABLE}={text} is not a number of seconds.") from None
+    deadline, why = time.monotonic() + timeout, "no answer"
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        try:
+            with socket.create_connection((address, int(port)), timeout=max(0.1, min(left, 5.0))):
+                return
+        except OSError as error:
+            why = error.strerror or type(error).__name__
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(1.0, left))
+    raise UserError(
+        f"Node {node} of trainer.num_nodes={trainer.get('num_nodes')} cannot reach the rendezvous endpoint "
+        f"MASTER_ADDR:MASTER_PORT = {address}:{port} ({why.lower()} for {timeout:g} s): start the first node "
+        "(NODE_RANK=0) with the same MASTER_ADDR and MASTER_PORT, set them to that node's address and a free "
+        f"port reachable from here, or wait longer with {RENDEZVOUS_TIMEOUT_VARIABLE}=<seconds>."
+    )
+
+
 _CHILD_RANK_GRACE_S = 300
 _LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 _FLAGS_WITH_VALUE = {"-cn", "-cp", "-cd", "--config-name", "--config-path", "--config-dir"}

@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lficam.core.errors import UserError, os_error_reason
+from lficam.training.study_tables import create_study_tables
 
 EXIT_USER_ERROR = 2
 # seconds a network database may take to answer before the search is refused (the drivers wait minutes)
@@ -110,6 +111,8 @@ class StudyStorage(Callback):
                 sweeper = config.hydra.sweeper
                 check_n_trials(sweeper.get("n_trials"))
                 open_storage(sweeper.get("storage"))
+                # workers that start together must not race to create Optuna's tables
+                create_study_tables(sweeper.get("storage"))
         except UserError as error:
             print(f"Error: {error}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_USER_ERROR) from None

@@ -15,8 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lficam.core.errors import UserError
 from lficam.models import count_parameters, create_model
+from lficam.training.auto_resume import cluster_plugins, resolve_ckpt_path
 from lficam.training.config_checks import check_config, check_data
-from lficam.training.distributed import check_devices, ranks_join_this_run
+from lficam.training.distributed import check_devices, check_rendezvous, ranks_join_this_run
 from lficam.training.finetune import resolve_normalization
 from lficam.training.loggers import instantiate_loggers
 from lficam.training.model_config import model_config_of
@@ -88,6 +89,7 @@ def log_hyperparameters(loggers: list[Any], hparams: dict[str, Any]) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test one run; returns every metric Lightning collected, as floats."""
     check_devices(cfg)
+    check_rendezvous(cfg)  # a later node of a multi-node run: the first node's endpoint answers
     with ranks_join_this_run() as trainers:
         return _fit_and_test(cfg, trainers)
 
@@ -99,6 +101,8 @@ def _fit_and_test(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict[str, floa
 
 
 def _fit_and_test_in_folder(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict[str, float]:
+    # ckpt_path=auto, or a SLURM/torchrun restart into this folder: its last.ckpt, where there is one
+    resolve_ckpt_path(cfg, last_checkpoint(cfg))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -107,13 +111,18 @@ def _fit_and_test_in_folder(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     if cfg.data.get("num_classes") is None:  # a data set that counts its classes (image_folder)
         cfg.data.num_classes = int(datamodule.num_classes)
+    size = getattr(datamodule, "input_size", None)
+    if "image_size" in cfg.data and cfg.data.image_size is None and size:  # data=streaming reads it
+        cfg.data.image_size = int(size)
     module = build_module(cfg)
     _warn_small_maps(cfg, module.net)
     # a foreign, unsafe or other-architecture checkpoint is one sentence; a resume says what it keeps
     log_resume = start_from_checkpoint(cfg, module, output_dir)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"), log_resume)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **cluster_plugins(cfg.trainer)
+    )
     trainers.append(trainer)
     check_data(datamodule, cfg, processes=trainer.num_nodes * trainer.num_devices)
     log_hyperparameters(
@@ -225,15 +234,29 @@ def last_checkpoint(cfg: DictConfig) -> Path:
 def resume_hint(cfg: DictConfig) -> str:
     """What Ctrl-C and SIGTERM print: the ``ckpt_path=`` that resumes the run, or that there is none yet.
     ``last.ckpt`` is the state at the end of the last complete epoch (the loops stop at the next batch, and the
-    epoch in progress is not saved: a resume from the middle of an epoch would not see the batches an unbroken
-    run sees)."""
+    epoch in progress is not saved), or with ``callbacks.last_checkpoint.every_n_train_steps`` (or
+    ``train_time_interval``) at the last such step, from which a resume continues the epoch at the next batch
+    (tests/test_resume_mid_epoch.py): the message says which."""
     last = last_checkpoint(cfg)
-    if last.is_file():
+    node = (cfg.get("callbacks") or {}).get("last_checkpoint") or {}
+    steps, interval = int(node.get("every_n_train_steps") or 0), node.get("train_time_interval")
+    epochs = int(node.get("every_n_epochs") or 1)
+    folder = cfg.paths.output_dir
+    if steps > 0 or interval:
+        every = f"every {steps} training steps" if steps > 0 else f"every {interval} of training"
+        if last.is_file():
+            return (
+                f"Interrupted; resume from the last checkpoint (written {every}; the run continues at the batch "
+                f"after it) with the same command and ckpt_path={last} (run folder {folder})."
+            )
         return (
-            f"Interrupted; resume from the last complete epoch with the same command and ckpt_path={last} "
-            f"(run folder {cfg.paths.output_dir})."
+            f"Interrupted before the first checkpoint ({every}), so none was written ({last} does not exist): "
+            f"there is nothing to resume; start the run again (run folder {folder})."
         )
+    if last.is_file():
+        since = "the last complete epoch" if epochs == 1 else f"the last epoch saved (every {epochs} epochs)"
+        return f"Interrupted; resume from {since} with the same command and ckpt_path={last} (run folder {folder})."
     return (
         f"Interrupted before the first epoch ended, so no checkpoint was written ({last} does not exist): "
-        f"there is nothing to resume; start the run again (run folder {cfg.paths.output_dir})."
+        f"there is nothing to resume; start the run again (run folder {folder})."
     )

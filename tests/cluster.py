@@ -1,0 +1,96 @@
+"""What the cluster tests share: the real one-node SLURM cluster as a fixture, and ``train.py`` runs on it.
+
+The cluster is ``scripts/slurm_cluster.py`` (Debian's slurmctld, slurmd and munge, state in a temporary
+folder, free local ports), started once per test module (its ``slurm_cluster`` fixture yields from :func:`running_cluster`) and
+stopped after it, jobs and daemons included, even
+when a test fails. Where the binaries or root are missing the tests skip and say why (``make slurm``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_spec = importlib.util.spec_from_file_location("slurm_cluster", ROOT / "scripts" / "slurm_cluster.py")
+slurm_cluster_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(slurm_cluster_module)
+SlurmCluster = slurm_cluster_module.SlurmCluster
+
+# a run of a few seconds: 16 px shapes, no overlays, progress bars or test stage
+TINY_RUN = [
+    "data.image_size=16",
+    "data.train_size=64",
+    "data.val_size=32",
+    "data.batch_size=16",
+    "data.eval_batch_size=32",
+    "data.cache_dir=null",
+    "test=false",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+    "callbacks.attention_overlays=null",
+    "+trainer.enable_progress_bar=false",
+    "+trainer.enable_model_summary=false",
+]
+# the launcher on the test cluster: one CPU per task fits its node
+ON_CLUSTER = ["hydra/launcher=slurm", "hydra.launcher.partition=cpu", "hydra.launcher.cpus_per_task=1"]
+
+
+def running_cluster() -> Iterator[SlurmCluster]:
+    """The body of each test module's ``slurm_cluster`` fixture: a started cluster, stopped afterwards."""
+    missing = slurm_cluster_module.missing_binaries()
+    if missing:
+        pytest.skip(
+            f"no SLURM here ({', '.join(missing)} missing): `make slurm` installs slurm-wlm and munge"
+        )
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster's slurmd starts jobs as their user, which needs root")
+    # a short path: munge's socket path must fit a sockaddr_un (108 bytes)
+    folder = tempfile.mkdtemp(prefix="lficam-slurm-", dir="/tmp")
+    cluster = SlurmCluster(folder)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def train_command(*arguments: str, multirun: bool = True) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *TINY_RUN, *arguments]
+
+
+def start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """A process in its own session (a SIGKILL to the group takes its children), output in one pipe."""
+    env = {**env, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    """The process's output once it has ended; a process over ``timeout`` is killed and the test fails."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"{' '.join(process.args[:4])} ... ran over {timeout} s:\n{output[-4000:]}")
+    return output
