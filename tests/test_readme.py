@@ -45,11 +45,38 @@ NOT_OFFLINE = {
     "pip install -e '.[app]'": "installs from the network where the wheel is not on disk (make setup has)",
     "python train.py trainer=ddp trainer.devices=4": "needs four GPUs (trainer=ddp_cpu runs the same strategy)",
     "python train.py -m hydra/launcher=slurm trainer=ddp": "needs a SLURM cluster (sbatch) and GPUs",
+    # "Past one machine": each runs against real daemons in tests/test_cluster_*.py
+    "python train.py -m hydra/launcher=slurm hydra.launcher.partition=gpu trainer=ddp trainer.devices=4 seed=1,2,3": (
+        "needs a SLURM cluster with a GPU partition"
+    ),
+    "python train.py -m hydra/launcher=slurm hydra.launcher.partition=gpu trainer=ddp trainer.devices=4 "
+    "trainer.num_nodes=2": "needs a SLURM cluster with two GPU nodes",
+    "python train.py -m hydra/launcher=slurm hydra.launcher.partition=cpu hydra.launcher.cpus_per_task=1 "
+    "trainer=ddp_cpu": "needs a running SLURM cluster; tests/test_cluster_slurm.py runs it on the test cluster",
+    "torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=node1:29500 --rdzv-id=run1 train.py "
+    "trainer=ddp trainer.devices=4 trainer.num_nodes=2 hydra.run.dir=/shared/run1": (
+        "needs two nodes with GPUs; tests/test_cluster_torchrun.py runs two agents as two nodes on one host"
+    ),
+    "python scripts/slurm_cluster.py start /tmp/lficam-slurm": (
+        "starts SLURM daemons as root (make slurm); tests/cluster.py starts and stops one for the cluster tests"
+    ),
+    "python scripts/slurm_cluster.py stop /tmp/lficam-slurm": "stops the cluster the line before starts",
+    "python train.py -m hparams_search=lficam_optuna hydra.sweeper.storage=postgresql://user:password@dbhost/optuna "
+    "hydra.sweeper.n_trials=10 hydra.sweeper.sampler.seed=1": (
+        "needs a PostgreSQL server; tests/test_cluster_optuna.py starts one and runs three workers against it"
+    ),
     "make reproduce": "the full study: 60 runs, about 2 h 20 min on 2 CPU cores",
     "make reproduce-quick": "the study pipeline at toy scale still takes minutes (tests/test_study.py covers it)",
     "python reproduce.py study=paper study.data_sets.cifar10.root=/data/cifar ...": (
         "the paper's data sets (CIFAR-10, STL-10, ...) on a GPU"
     ),
+    "lficam-optimize data=fashion_clutter output=s3://my-bucket/fashion_clutter": (
+        "needs an S3 store and its credentials; tests/test_streaming_s3.py writes to SeaweedFS on this machine"
+    ),
+    "python train.py data=streaming data.input_dir=s3://my-bucket/fashion_clutter data.num_workers=4": (
+        "needs an S3 store and its credentials; tests/test_streaming_s3.py trains from SeaweedFS on this machine"
+    ),
+    "python bench/streamed.py": "a benchmark of minutes at 224 px that starts its own object store",
 }
 
 #: README commands that need data this machine may lack: (what must exist, why the command needs it).
@@ -72,6 +99,7 @@ PLACEHOLDERS = {
     "/data/pets": "image_folder",
     "/my/folder": "fashion_files",
     "/path/to/file.safetensors": "resnet50_safetensors",
+    "/data/chunks/shapes": "chunks_folder",
 }
 IMAGE_FILE = re.compile(r"\b[a-z]\.(?:jpg|png)\b")
 # what a placeholder looks like, to catch one the table above does not know
@@ -253,6 +281,9 @@ def tiny_args(plan: Plan, resolve) -> list[str]:
         return _missing(plan, {**TINY_EVAL, **folders})
     if plan.target == "lficam.explain":
         return _missing(plan, {"output_dir": resolve("explain_folder")})
+    if plan.target == "lficam.cli.optimize":  # written to this command's own folder, not over the fixture
+        sizes = {f"data.{k}": v for k, v in TINY_DATA.get(plan.value("data") or "shapes", {}).items()}
+        return [*_missing(plan, {**sizes, "data.cache_dir": "null"}), f"output={resolve('chunks_output')}"]
     return []
 
 
@@ -470,6 +501,7 @@ class Fixtures:
             "log_dir": folder / "logs",
             "explain_folder": folder / "explain",
             "quick_folder": folder / "quick",
+            "chunks_output": folder / "chunks",
         }
         if name in per_command:
             return per_command[name]
@@ -502,12 +534,22 @@ class Fixtures:
             "image_folder": lambda: write_image_folder(data / "image_folder"),
             "fashion_files": lambda: write_fashion(self.session / "fashion"),
             "resnet50_safetensors": lambda: write_resnet50_safetensors(self.session / "resnet50.safetensors"),
+            "chunks_folder": lambda: write_chunks(self.session / "chunks"),
         }
         return makers[name]()
 
 
 #: The README's grid sweep, whose folder stands in for <sweep folder> (two attention kinds, three runs each).
 SWEEP = "python train.py -m seed=1,2,3 attention=lficam,abn"
+
+
+def write_chunks(folder: Path) -> Path:
+    """Tiny shapes as a streamed data set (what the README's lficam-optimize command writes)."""
+    from lficam.data import ShapesDataModule
+    from lficam.data.stream_write import write_streamed
+
+    write_streamed(ShapesDataModule(**TINY_DATA["shapes"], cache_dir=None), str(folder))
+    return folder
 
 
 def write_image(path: Path, seed: int = 0) -> Path:
@@ -691,6 +733,9 @@ def check_outputs(outcome: Outcome) -> None:
             Path(runnable.value("output_dir") or runnable.args[-1].split("=", 1)[1]).glob("*.png")
         )
         assert pictures, outcome.output[-2000:]
+    elif runnable.target == "lficam.cli.optimize":
+        written = Path(runnable.value("output", appended=True))
+        assert (written / "lficam.json").is_file(), outcome.output[-2000:]
     elif runnable.target == "lficam.export":
         checkpoint = Path(runnable.value("ckpt_path"))
         assert checkpoint.with_suffix("." + runnable.value("format")).is_file()
