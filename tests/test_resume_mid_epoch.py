@@ -35,6 +35,8 @@ import lficam
 from lficam.data import ShapesDataModule
 from lficam.data.base import ClassificationDataModule
 from lficam.training.module import LitClassifier
+from tests import warm_python
+from tests.test_resume import _finish
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN, BATCH, EPOCHS, EVERY = 64, 16, 3, 3
@@ -63,21 +65,10 @@ def _start(*arguments: str, multirun: bool = False) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *RUN, *arguments]
     # its own process group: a SIGKILL to the group takes the data-loader workers with it
-    return subprocess.Popen(
+    return warm_python.popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
-
-
-def _finish(process: subprocess.Popen, timeout: float = 300) -> str:
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"train.py ran over {timeout} s:\n{output[-3000:]}")
-    assert process.returncode == 0, output[-3000:]
-    return output
 
 
 def _load(path: Path) -> dict[str, Any]:
