@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import warm_python
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _spec = importlib.util.spec_from_file_location("slurm_cluster", ROOT / "scripts" / "slurm_cluster.py")
@@ -71,10 +73,14 @@ def train_command(*arguments: str, multirun: bool = True) -> list[str]:
 
 
 def start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """A process in its own session (a SIGKILL to the group takes its children), output in one pipe."""
+    """A process in its own session (a SIGKILL to the group takes its children), output in one pipe.
+
+    ``python train.py …`` (a sweep that submits SLURM jobs, an Optuna worker, a reference run) is forked from the
+    warm interpreter (tests/warm_python.py); torchrun agents and the jobs SLURM starts get fresh interpreters."""
     env = {**env, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen(
+    launch = warm_python.popen if len(command) > 1 and command[1].endswith("train.py") else subprocess.Popen
+    return launch(
         command,
         cwd=ROOT,
         env=env,
