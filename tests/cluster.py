@@ -8,19 +8,16 @@ when a test fails. Where the binaries or root are missing the tests skip and say
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests import warm_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,31 +69,22 @@ def train_command(*arguments: str, multirun: bool = True) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *TINY_RUN, *arguments]
 
 
-def start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """A process in its own session (a SIGKILL to the group takes its children), output in one pipe.
-
-    ``python train.py …`` (a sweep that submits SLURM jobs, an Optuna worker, a reference run) is forked from the
-    warm interpreter (tests/warm_python.py); torchrun agents and the jobs SLURM starts get fresh interpreters."""
-    env = {**env, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    launch = warm_python.popen if len(command) > 1 and command[1].endswith("train.py") else subprocess.Popen
-    return launch(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+def metrics_rows(run: Path) -> list[dict[str, str]]:
+    """The rows of a run folder's csv/metrics.csv."""
+    with (run / "csv" / "metrics.csv").open() as file:
+        return list(csv.DictReader(file))
 
 
-def finish(process: subprocess.Popen, timeout: float = 300) -> str:
-    """The process's output once it has ended; a process over ``timeout`` is killed and the test fails."""
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"{' '.join(process.args[:4])} ... ran over {timeout} s:\n{output[-4000:]}")
-    return output
+def assert_metrics_equal_but_the_first_resumed_stability(run: Path, reference: Path) -> None:
+    """``run``'s metrics.csv equals the unbroken ``reference``'s row for row, but for the epoch-to-epoch map
+    stability of the first resumed epoch: it compares with maps the killed process held in memory, which no
+    checkpoint keeps (as with any ``ckpt_path=`` resume), so that epoch has none."""
+    resumed, unbroken = metrics_rows(run), metrics_rows(reference)
+    probe = {"val/attn/stability_epoch_iou", "val/attn/stability_epoch_spearman"}
+    missing = [
+        i for i, (row, ref) in enumerate(zip(resumed, unbroken)) if any(row[k] != ref[k] for k in probe)
+    ]
+    assert len(missing) == 1 and all(resumed[missing[0]][k] == "" for k in probe)
+    assert [{k: v for k, v in row.items() if k not in probe} for row in resumed] == [
+        {k: v for k, v in row.items() if k not in probe} for row in unbroken
+    ]

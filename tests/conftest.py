@@ -119,6 +119,24 @@ def one_step_checkpoint(folder: Path, model_config: dict = SMALL_MODEL) -> Path:
     return path
 
 
+def module_from_checkpoint(path: Path):
+    """The LitClassifier of a checkpoint train.py wrote, its weights loaded (safe loader: weights only)."""
+    import functools
+
+    from lficam.models import create_model
+    from lficam.training.module import LitClassifier
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    module = LitClassifier(
+        create_model(**hparams["model_config"]),
+        functools.partial(torch.optim.SGD, lr=0.1),
+        num_classes=hparams["num_classes"],
+    )
+    module.load_state_dict(checkpoint["state_dict"])
+    return module
+
+
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["WANDB_MODE"] = "offline"
@@ -146,3 +164,33 @@ def run_quietly(command: list[str], timeout: float = 300) -> subprocess.Complete
         stdout, stderr = proc.communicate()
         pytest.fail(f"{' '.join(command[1:4])} … ran over {timeout} s:\n{stdout[-2000:]}\n{stderr[-2000:]}")
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """A process in its own session (a SIGKILL to the group takes its children), output in one pipe.
+
+    ``python train.py …`` (a sweep that submits SLURM jobs, an Optuna worker, a reference run) is forked from the
+    warm interpreter (tests/warm_python.py); torchrun agents and the jobs SLURM starts get fresh interpreters."""
+    env = {**env, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    launch = warm_python.popen if len(command) > 1 and command[1].endswith("train.py") else subprocess.Popen
+    return launch(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    """The process's output once it has ended; a process over ``timeout`` is killed and the test fails."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"{' '.join(process.args[:4])} ... ran over {timeout} s:\n{output[-4000:]}")
+    return output

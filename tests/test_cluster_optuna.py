@@ -24,9 +24,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 
-from tests.cluster import ON_CLUSTER, ROOT, finish, running_cluster, start, train_command
+from tests.cluster import ON_CLUSTER, ROOT, running_cluster, train_command
+from tests.conftest import finish, start
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 WORKERS, TRIALS_EACH = 3, 2
@@ -85,10 +87,26 @@ def _worker(url: str, study_name: str, seed: int, trials: int, folder: Path, *ex
     return start(command, dict(os.environ))
 
 
+def _assert_one_study_of_every_workers_trials(
+    postgres_url: str, study_name: str, tmp_path: Path
+) -> list[float]:
+    """The shared study holds each worker's trials once, all complete, numbered 0…n−1 with distinct parameters,
+    one run folder each; returns the runs' optimised values (their summary.json), sorted."""
+    study = optuna.load_study(study_name=study_name, storage=postgres_url)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == WORKERS * TRIALS_EACH
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert sorted(t.number for t in trials) == list(range(WORKERS * TRIALS_EACH))
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
+    summaries = sorted(tmp_path.glob("worker*/*/summary.json"))
+    assert len(summaries) == WORKERS * TRIALS_EACH
+    values = sorted(json.loads(path.read_text())["metrics"]["val/acc_best"] for path in summaries)
+    assert study.best_value == pytest.approx(values[-1], abs=1e-7)
+    return values
+
+
 @pytest.mark.slow
 def test_three_workers_share_one_study_in_postgresql(postgres_url: str, tmp_path: Path) -> None:
-    import optuna
-
     study_name = "shared"
     workers = [_worker(postgres_url, study_name, seed, TRIALS_EACH, tmp_path) for seed in range(WORKERS)]
     try:
@@ -99,22 +117,11 @@ def test_three_workers_share_one_study_in_postgresql(postgres_url: str, tmp_path
                 os.killpg(worker.pid, signal.SIGKILL)
     assert [w.returncode for w in workers] == [0] * WORKERS, "\n".join(o[-2000:] for o in outputs)
 
-    study = optuna.load_study(study_name=study_name, storage=postgres_url)
-    trials = study.get_trials(deepcopy=False)
-    assert len(trials) == WORKERS * TRIALS_EACH
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    assert sorted(t.number for t in trials) == list(range(WORKERS * TRIALS_EACH))
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
-    summaries = sorted(tmp_path.glob("worker*/*/summary.json"))
-    assert len(summaries) == WORKERS * TRIALS_EACH
-    best = max(json.loads(path.read_text())["metrics"]["val/acc_best"] for path in summaries)
-    assert study.best_value == pytest.approx(best, abs=1e-7)
+    _assert_one_study_of_every_workers_trials(postgres_url, study_name, tmp_path)
 
 
 @pytest.mark.slow
 def test_a_killed_workers_trial_is_failed_and_run_again(postgres_url: str, tmp_path: Path) -> None:
-    import optuna
-
     study_name, beat = (
         "killed",
         ["hydra.callbacks.trial_heartbeat.interval=1", "hydra.callbacks.trial_heartbeat.grace_period=3"],
@@ -156,7 +163,6 @@ def slurm_cluster():
 def test_an_optuna_sweep_through_slurm_gets_each_jobs_metric(slurm_cluster, tmp_path: Path) -> None:
     """Each trial is a SLURM job (hydra/launcher=slurm); the value it hands back through submitit's result
     file is the value the study records, the run's own summary.json metric."""
-    import optuna
 
     sweep, storage = tmp_path / "sweep", f"sqlite:///{tmp_path / 'optuna.db'}"
     command = train_command(
@@ -194,7 +200,6 @@ def test_three_slurm_jobs_share_one_study_in_postgresql(
     slurm_cluster, postgres_url: str, tmp_path: Path
 ) -> None:
     """The same three workers as above, each a SLURM job of its own (``sbatch``), one CPU each."""
-    import optuna
 
     study_name, jobs = "slurm_workers", []
     env = {**slurm_cluster.env(), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
@@ -245,14 +250,6 @@ def test_three_slurm_jobs_share_one_study_in_postgresql(
         log[-2000:] for log in logs
     )
 
-    study = optuna.load_study(study_name=study_name, storage=postgres_url)
-    trials = study.get_trials(deepcopy=False)
-    assert len(trials) == WORKERS * TRIALS_EACH
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    assert sorted(t.number for t in trials) == list(range(WORKERS * TRIALS_EACH))
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
-    summaries = sorted(tmp_path.glob("worker*/*/summary.json"))
-    assert len(summaries) == WORKERS * TRIALS_EACH
-    values = sorted(json.loads(path.read_text())["metrics"]["val/acc_best"] for path in summaries)
+    values = _assert_one_study_of_every_workers_trials(postgres_url, study_name, tmp_path)
+    trials = optuna.load_study(study_name=study_name, storage=postgres_url).get_trials(deepcopy=False)
     assert sorted(t.value for t in trials) == pytest.approx(values, abs=1e-7)
-    assert study.best_value == pytest.approx(values[-1], abs=1e-7)

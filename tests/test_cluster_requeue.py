@@ -15,7 +15,6 @@ enabled" nor that an ``hpc_ckpt`` was saved.
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import time
@@ -23,7 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import ON_CLUSTER, finish, running_cluster, start, train_command
+from tests.cluster import (
+    ON_CLUSTER,
+    assert_metrics_equal_but_the_first_resumed_stability,
+    running_cluster,
+    train_command,
+)
+from tests.conftest import finish, start
 from tests.test_resume import _load, _readable_epoch, differing_tensors
 
 EPOCHS = 3
@@ -39,11 +44,6 @@ SETTINGS = [
 @pytest.fixture(scope="module")
 def slurm_cluster():
     yield from running_cluster()
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open() as file:
-        return list(csv.DictReader(file))
 
 
 @pytest.mark.slow
@@ -83,14 +83,4 @@ def test_preempted_job_is_requeued_and_ends_as_an_unbroken_run(slurm_cluster, tm
     )
     assert resumed["epoch"] == reference_state["epoch"] == EPOCHS - 1
     assert differing_tensors(reference_state, resumed) == ([], [])
-    rows, reference_rows = _rows(run / "csv" / "metrics.csv"), _rows(unbroken / "csv" / "metrics.csv")
-    # the epoch-to-epoch map stability compares with maps the killed process held in memory, which no
-    # checkpoint keeps (as with any ckpt_path= resume): the first resumed epoch has none; all else is equal
-    probe = {"val/attn/stability_epoch_iou", "val/attn/stability_epoch_spearman"}
-    missing = [
-        i for i, (row, ref) in enumerate(zip(rows, reference_rows)) if any(row[k] != ref[k] for k in probe)
-    ]
-    assert len(missing) == 1 and all(rows[missing[0]][k] == "" for k in probe)
-    assert [{k: v for k, v in row.items() if k not in probe} for row in rows] == [
-        {k: v for k, v in row.items() if k not in probe} for row in reference_rows
-    ]
+    assert_metrics_equal_but_the_first_resumed_stability(run, unbroken)

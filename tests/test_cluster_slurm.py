@@ -15,7 +15,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from lficam.cli.slurm_resources import gpus_per_node
 from tests import warm_python
-from tests.cluster import ON_CLUSTER, ROOT, finish, running_cluster, start, train_command
+from tests.cluster import ON_CLUSTER, ROOT, running_cluster, train_command
+from tests.conftest import finish, start
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ endpoint never answers stops with one sentence.
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import signal
 import socket
@@ -28,7 +27,13 @@ import psutil
 import pytest
 
 from tests import warm_python
-from tests.cluster import ROOT, finish, start, train_command
+from tests.cluster import (
+    ROOT,
+    assert_metrics_equal_but_the_first_resumed_stability,
+    metrics_rows,
+    train_command,
+)
+from tests.conftest import finish, start
 from tests.test_resume import _load, _readable_epoch, differing_tensors
 
 EPOCHS = 2
@@ -64,11 +69,6 @@ def _stop(agents: list) -> None:
                 process.send_signal(signal.SIGKILL)
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open() as file:
-        return list(csv.DictReader(file))
-
-
 @pytest.mark.slow
 def test_two_torchrun_nodes_train_one_run_equal_to_one_node_of_two_processes(tmp_path: Path) -> None:
     reference_run, run = tmp_path / "one_node", tmp_path / "two_nodes"
@@ -90,7 +90,7 @@ def test_two_torchrun_nodes_train_one_run_equal_to_one_node_of_two_processes(tmp
     # 64 images over 2 ranks in batches of 16 (tests/cluster.py TINY_RUN): 2 steps per epoch
     assert two["global_step"] == one["global_step"] == EPOCHS * 64 // 16 // 2
     assert differing_tensors(one, two) == ([], [])
-    assert _rows(run / "csv" / "metrics.csv") == _rows(reference_run / "csv" / "metrics.csv")
+    assert metrics_rows(run) == metrics_rows(reference_run)
 
 
 @pytest.mark.slow
@@ -168,13 +168,4 @@ def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_as_the_unbrok
     assert resumed["epoch"] == unbroken["epoch"] == epochs - 1
     assert resumed["global_step"] == unbroken["global_step"] == epochs * 512 // 16 // 2
     assert differing_tensors(unbroken, resumed) == ([], [])
-    rows, reference_rows = _rows(run / "csv" / "metrics.csv"), _rows(reference_run / "csv" / "metrics.csv")
-    # as in tests/test_cluster_requeue.py: the first resumed epoch has no epoch-to-epoch map stability
-    probe = {"val/attn/stability_epoch_iou", "val/attn/stability_epoch_spearman"}
-    missing = [
-        i for i, (row, ref) in enumerate(zip(rows, reference_rows)) if any(row[k] != ref[k] for k in probe)
-    ]
-    assert len(missing) == 1 and all(rows[missing[0]][k] == "" for k in probe)
-    assert [{k: v for k, v in row.items() if k not in probe} for row in rows] == [
-        {k: v for k, v in row.items() if k not in probe} for row in reference_rows
-    ]
+    assert_metrics_equal_but_the_first_resumed_stability(run, reference_run)

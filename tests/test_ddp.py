@@ -7,7 +7,6 @@ would be pytest itself.
 from __future__ import annotations
 
 import csv
-import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +23,7 @@ from lficam.cli import run_task
 from lficam.core.errors import UserError
 from lficam.models import create_model
 from lficam.training.distributed import _end_child_ranks, _requested_gpus, check_devices, job_command
-from lficam.training.module import LitClassifier
-from tests.conftest import run_quietly
+from tests.conftest import module_from_checkpoint, quiet_trainer, run_quietly
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -148,18 +146,8 @@ def _val_row(metrics_csv: Path) -> dict[str, float]:
 
 
 def _single_process_validation(job: Path, data_cfg) -> dict[str, float]:
-    checkpoint = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    hparams = checkpoint["hyper_parameters"]
-    module = LitClassifier(
-        create_model(**hparams["model_config"]),
-        functools.partial(torch.optim.SGD, lr=0.1),
-        num_classes=hparams["num_classes"],
-    )
-    module.load_state_dict(checkpoint["state_dict"])
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
-    (metrics,) = trainer.validate(module, datamodule=instantiate(data_cfg), verbose=False)
+    module = module_from_checkpoint(job / "checkpoints" / "last.ckpt")
+    (metrics,) = quiet_trainer(devices=1).validate(module, datamodule=instantiate(data_cfg), verbose=False)
     return metrics
 
 

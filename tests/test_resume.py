@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests import warm_python
+from tests.conftest import finish, start
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -53,27 +53,12 @@ PERSISTENT = (False, True)
 
 
 def _start(*arguments: str, multirun: bool = False) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *TINY_RUN, *arguments]
-    # its own process group: a SIGKILL to the group takes the data-loader workers with it
-    return warm_python.popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    return start(command, dict(os.environ))
 
 
 def _finish(process: subprocess.Popen, timeout: float = 400) -> str:
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"train.py ran over {timeout} s:\n{output[-3000:]}")
+    output = finish(process, timeout)
     assert process.returncode == 0, output[-3000:]
     return output
 

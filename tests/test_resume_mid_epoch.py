@@ -35,7 +35,7 @@ import lficam
 from lficam.data import ShapesDataModule
 from lficam.data.base import ClassificationDataModule
 from lficam.training.module import LitClassifier
-from tests import warm_python
+from tests.conftest import start
 from tests.test_resume import _finish
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,13 +62,8 @@ RUN = [
 
 
 def _start(*arguments: str, multirun: bool = False) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     command = [sys.executable, str(ROOT / "train.py"), *(["-m"] if multirun else []), *RUN, *arguments]
-    # its own process group: a SIGKILL to the group takes the data-loader workers with it
-    return warm_python.popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
+    return start(command, dict(os.environ))
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -258,10 +257,7 @@ def _metrics_row(metrics_csv: Path, key: str) -> dict[str, float]:
 def test_streamed_ddp_run_validates_and_tests_every_image_once(streamed: Path, tmp_path: Path) -> None:
     """A real 2-process ``trainer=ddp_cpu`` run: its validation and test metrics (8 images a rank, in batches
     of 4, reduced over both) equal one process's over all 16 images with the same weights."""
-    import lightning.pytorch as pl
-
-    from lficam.models import create_model
-    from tests.conftest import run_quietly
+    from tests.conftest import module_from_checkpoint, quiet_trainer, run_quietly
     from tests.test_resume_mid_epoch import RUN
 
     run = [a for a in RUN if not a.startswith(("data.", "test=", "callbacks.last_checkpoint"))]
@@ -287,16 +283,8 @@ def test_streamed_ddp_run_validates_and_tests_every_image_once(streamed: Path, t
         tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     assert checkpoint["global_step"] == TRAIN // (2 * BATCH)  # each rank trained on its own half
-    hparams = checkpoint["hyper_parameters"]
-    module = LitClassifier(
-        create_model(**hparams["model_config"]),
-        functools.partial(torch.optim.SGD, lr=0.1),
-        num_classes=hparams["num_classes"],
-    )
-    module.load_state_dict(checkpoint["state_dict"])
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
+    module = module_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    trainer = quiet_trainer(devices=1)
     single = {
         **trainer.validate(module, datamodule=streaming(streamed, eval_batch_size=16), verbose=False)[0],
         **trainer.test(module, datamodule=streaming(streamed, eval_batch_size=16), verbose=False)[0],

@@ -20,9 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig
 
 log = logging.getLogger("lficam")
@@ -42,10 +47,6 @@ def elastic_attempt() -> int | None:
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
     if "attempt" not in _ELASTIC:
-        from datetime import timedelta
-
-        import torch.distributed as dist
-
         store = dist.TCPStore(
             os.environ["MASTER_ADDR"],
             int(os.environ["MASTER_PORT"]),
@@ -76,8 +77,6 @@ def restart() -> str | None:
 def resolve_ckpt_path(cfg: DictConfig, last: Path) -> None:
     """Turn ``ckpt_path=auto``, or no ``ckpt_path`` in a restarted run, into ``last`` where it exists, else into
     none; log one line that says which (the run's first)."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
     asked, restarted = cfg.get("ckpt_path") == AUTO, restart()
     if not asked and not (restarted and cfg.get("ckpt_path") is None and cfg.get("train", True)):
         return
@@ -91,46 +90,34 @@ def resolve_ckpt_path(cfg: DictConfig, last: Path) -> None:
         log.info("%s: %s does not exist yet, so this run starts fresh.", why, last)
 
 
-def _attempt_ddp() -> Any:
+class AttemptDDPStrategy(DDPStrategy):
     """Lightning's DDP whose process group lives under this attempt's prefix of torchrun's agent store: the
     keys a killed attempt left there (its ranks' gloo addresses) are not read by the next one, which otherwise
     fails in gloo's connectFullMesh on the dead addresses."""
-    import torch.distributed as dist
-    from lightning.pytorch.strategies import DDPStrategy
-    from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-    class AttemptDDPStrategy(DDPStrategy):
-        def setup_distributed(self) -> None:
-            if not dist.is_initialized():
-                self.set_world_ranks()
-                backend = self._get_process_group_backend()
-                store = dist.PrefixStore(f"lficam/attempt_{_ELASTIC['attempt']}/", _ELASTIC["store"])
-                dist.init_process_group(
-                    backend,
-                    store=store,
-                    rank=self.global_rank,
-                    world_size=self.world_size,
-                    timeout=self._timeout,
-                )
-                rank_zero_info(
-                    f"{'-' * 100}\ndistributed_backend={backend}\n"
-                    f"All distributed processes registered. Starting with {self.world_size} processes\n"
-                    f"{'-' * 100}\n"
-                )
-            super().setup_distributed()
-
-    return AttemptDDPStrategy()
+    def setup_distributed(self) -> None:
+        if not dist.is_initialized():
+            self.set_world_ranks()
+            backend = self._get_process_group_backend()
+            store = dist.PrefixStore(f"lficam/attempt_{_ELASTIC['attempt']}/", _ELASTIC["store"])
+            dist.init_process_group(
+                backend, store=store, rank=self.global_rank, world_size=self.world_size, timeout=self._timeout
+            )
+            rank_zero_info(
+                f"{'-' * 100}\ndistributed_backend={backend}\n"
+                f"All distributed processes registered. Starting with {self.world_size} processes\n"
+                f"{'-' * 100}\n"
+            )
+        super().setup_distributed()
 
 
 def cluster_plugins(trainer_cfg: Any) -> dict[str, Any]:
     """Trainer arguments for clusters: under torchrun, DDP on this attempt's part of the agent's store
-    (:func:`_attempt_ddp`) where ``trainer.strategy`` is plain ``ddp``; in submitit's SLURM jobs, preemption
+    (:class:`AttemptDDPStrategy`) where ``trainer.strategy`` is plain ``ddp``; in submitit's SLURM jobs, preemption
     left to submitit: Lightning's SLURM environment without its requeue handler, where Lightning would detect
     SLURM and no plugin is configured."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
     if elastic_attempt() is not None and trainer_cfg.get("strategy") == "ddp":
-        return {"strategy": _attempt_ddp()}
+        return {"strategy": AttemptDDPStrategy()}
     under_submitit = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
     if trainer_cfg.get("plugins") or not under_submitit or not SLURMEnvironment.detect():
         return {}
