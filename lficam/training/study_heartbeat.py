@@ -7,6 +7,12 @@ in the queue. hydra-optuna-sweeper (1.3.0) does none of it: it drives the study 
 heartbeat thread, no stale check) and hands Optuna the storage as a URL (no heartbeat settings), so a worker
 killed mid-trial left its trial RUNNING for ever. :class:`TrialHeartbeat`, a Hydra callback, adds the three
 to the sweeper's process for the length of the search.
+
+Optuna 2.10 ages a heartbeat as ``(now - heartbeat).seconds`` with ``now`` read from the database before the
+running trials are: a heartbeat another worker records in between is newer than ``now``, and the negative age's
+``.seconds`` is 86 399, so a trial just asked for read as stale and was failed under its worker ("Cannot change
+attributes of finished trial" at its ``tell``). :class:`HeartbeatStorage` ages heartbeats with
+``total_seconds()``: a heartbeat newer than the check is fresh.
 """
 
 from __future__ import annotations
@@ -16,8 +22,13 @@ import threading
 import time
 from typing import Any
 
+import optuna
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
+from optuna.storages._rdb import models  # optuna < 3 is pinned (hydra-optuna-sweeper 1.3.0)
+from optuna.trial import TrialState
+from sqlalchemy import func
 
 from lficam.training.sweeps import hydra_config_of
 
@@ -50,9 +61,6 @@ class TrialHeartbeat(Callback):
         setattr(owner, name, replacement)
 
     def _install(self) -> None:
-        import optuna
-        from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
-
         create_study, ask = optuna.create_study, optuna.study.Study.ask
         settings = {
             "heartbeat_interval": self.interval,
@@ -62,7 +70,7 @@ class TrialHeartbeat(Callback):
 
         def create_with_heartbeat(*args: Any, storage: Any = None, **kwargs: Any) -> Any:
             if isinstance(storage, str):
-                storage = RDBStorage(storage, **settings)
+                storage = HeartbeatStorage(storage, **settings)
             return create_study(*args, storage=storage, **kwargs)
 
         def ask_with_heartbeat(study: Any, *args: Any, **kwargs: Any) -> Any:
@@ -83,6 +91,34 @@ class TrialHeartbeat(Callback):
 
         self._patch(optuna, "create_study", create_with_heartbeat)
         self._patch(optuna.study.Study, "ask", ask_with_heartbeat)
+
+
+class HeartbeatStorage(RDBStorage):
+    """Optuna's database storage whose stale check counts a heartbeat newer than the check as fresh."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """The study's running trials whose last heartbeat is more than the grace period (default: two
+        heartbeat intervals) older than the database's clock."""
+        grace_period = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
+        session = self.scoped_session()
+        try:
+            # the database's clock, as the heartbeats are written; PostgreSQL gives it with a time zone and
+            # stores the heartbeats without one, in the session's zone
+            now = session.execute(func.now()).scalar().replace(tzinfo=None)
+            beats = (
+                session.query(models.TrialModel.trial_id, models.TrialHeartbeatModel.heartbeat)
+                .join(
+                    models.TrialHeartbeatModel,
+                    models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id,
+                )
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .filter(models.TrialModel.study_id == study_id)
+                .all()
+            )
+            session.commit()
+        finally:
+            session.close()
+        return [trial_id for trial_id, beat in beats if (now - beat).total_seconds() > grace_period]
 
 
 def _beat(storage: Any, trial_id: int, interval: float) -> None:
