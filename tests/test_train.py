@@ -52,15 +52,16 @@ def test_short_training_learns_the_shapes(tmp_path):
             "data.train_size=1600",
             "data.val_size=300",
             "data.test_size=300",
-            "trainer.max_epochs=5",
+            "data.batch_size=64",
+            "trainer.max_epochs=4",
             "optimizer=adam",
-            "optimizer.lr=3e-3",
+            "optimizer.lr=5e-3",
             "callbacks.attention_overlays=null",
         ],
         tmp_path,
     )
     metrics = train(cfg)
-    # Chance is 0.10 on ten classes; five short epochs on 1600 images get far beyond it (0.38 after four).
+    # Chance is 0.10 on ten classes; four short epochs on 1600 images get far beyond it (0.36 on one thread).
     assert metrics["test/acc"] >= 0.3, metrics
     assert metrics["val/acc_best"] >= metrics["val/acc"] - 1e-6
     summary = json.loads((tmp_path / "summary.json").read_text())
