@@ -5,8 +5,8 @@ epoch, index); a mid-epoch resume also needs to start the epoch at the batch whe
 Before this was built, such a run (512 images, batch 16, 3 epochs) killed at step 35 ended with 128 of 153
 tensors differing from the unbroken run's: a plain DataLoader restarts the epoch from its first batch.
 
-1. Real ``python train.py`` processes: A unbroken without workers; B with 2 workers, SIGKILLed at its first
-   checkpoint inside epoch 1; C resumes B from ``last.ckpt`` with 0 and 2 workers. Every C ends with A's
+1. Real ``python train.py`` processes: A unbroken without workers; B with 2 workers, SIGKILLed (with its
+   workers) after its first checkpoint inside epoch 1; C resumes B from ``last.ckpt`` with 0 and 2 workers. Every C ends with A's
    weights, momentum buffers and validation metrics, bit for bit.
 2. In process: the trap of Lightning issue 20550 (a ``configure_optimizers`` that reads
    ``trainer.estimated_stepping_batches`` makes Lightning drop a stateful loader's saved state). The position
@@ -17,12 +17,12 @@ tensors differing from the unbroken run's: a plain DataLoader restarts the epoch
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,13 +34,16 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 import lficam
 from lficam.data import ShapesDataModule
 from lficam.data.base import ClassificationDataModule
+from lficam.training.last_checkpoint import LastCheckpoint
 from lficam.training.module import LitClassifier
 from tests.conftest import start
+from tests.kill_at_step import kill_at
 from tests.test_resume import _finish
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN, BATCH, EPOCHS, EVERY = 64, 16, 3, 3
 STEPS_PER_EPOCH = TRAIN // BATCH  # 4: the checkpoints at steps 3, 6 and 9 are inside an epoch
+KILL_AT = 6  # the broken run's SIGKILL: after its first checkpoint inside epoch 1 (tests/kill_at_step.py)
 RUN = [
     "data.image_size=16",
     f"data.train_size={TRAIN}",
@@ -78,17 +81,13 @@ def _readable_step(path: Path) -> int | None:
         return None
 
 
-def _kill_inside_second_epoch(process: subprocess.Popen, last: Path) -> int:
-    """SIGKILL the run's process group as soon as a checkpoint of a step inside epoch 1 is on disk."""
-    while process.poll() is None:
-        step = _readable_step(last)
-        if step is not None and step > STEPS_PER_EPOCH:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            return step
-        time.sleep(0.01)
-    output, _ = process.communicate()
-    pytest.fail(f"the run ended (rc={process.returncode}) before it could be killed:\n{output[-3000:]}")
+def _killed_inside_second_epoch(process: subprocess.Popen, last: Path) -> int:
+    """The step of the checkpoint that a run started with ``kill_at(KILL_AT)`` left when it killed itself."""
+    output, _ = process.communicate(timeout=400)
+    assert process.returncode == -signal.SIGKILL, output[-3000:]
+    step = _readable_step(last)
+    assert step == KILL_AT, output[-3000:]
+    return step
 
 
 def differing(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
@@ -106,9 +105,8 @@ def differing(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
 def test_run_killed_inside_an_epoch_resumes_to_the_unbroken_weights(tmp_path: Path) -> None:
     unbroken, broken, resumed = tmp_path / "A", tmp_path / "B", tmp_path / "C"
     run_a = _start(f"hydra.run.dir={unbroken}", "data.num_workers=0")
-    run_b = _start(f"hydra.run.dir={broken}", "data.num_workers=2")
-    killed_at = _kill_inside_second_epoch(run_b, broken / "checkpoints" / "last.ckpt")
-    assert run_b.returncode == -signal.SIGKILL
+    run_b = _start(f"hydra.run.dir={broken}", "data.num_workers=2", *kill_at(KILL_AT))
+    killed_at = _killed_inside_second_epoch(run_b, broken / "checkpoints" / "last.ckpt")
     assert killed_at % STEPS_PER_EPOCH and killed_at < EPOCHS * STEPS_PER_EPOCH  # inside an epoch
     assert _load(broken / "checkpoints" / "last.ckpt")["epoch"] == killed_at // STEPS_PER_EPOCH
     _finish(run_a)
@@ -178,9 +176,12 @@ def fit(
     ckpt: Path | None = None,
     data: Callable[[], pl.LightningDataModule] = shapes,
     every: int = EVERY,
+    callbacks: Sequence[Callback] = (),
+    checkpoint_class: type[ModelCheckpoint] = LastCheckpoint,
 ) -> dict[str, Any] | None:
-    """Train a tiny LFI-CAM for 2 epochs of 4 steps (last.ckpt every ``every`` steps) in this process; returns
-    the final checkpoint, or None when ``stop_at`` ends the run with an error after that step."""
+    """Train a tiny LFI-CAM for 2 epochs of 4 steps (last.ckpt every ``every`` steps, written as train.py
+    writes it) in this process; returns the final checkpoint, or None when ``stop_at`` ends the run with an
+    error after that step."""
     pl.seed_everything(0)
     data = data()
     net = lficam.create_model("cifar_resnet20", num_classes=10, attention="lficam")
@@ -191,7 +192,7 @@ def fit(
         stability_probe_size=0,
         input_stability=[],
     )
-    checkpoints = ModelCheckpoint(
+    checkpoints = checkpoint_class(
         dirpath=folder, filename="last", every_n_train_steps=every, save_top_k=1, enable_version_counter=False
     )
     trainer = pl.Trainer(
@@ -202,7 +203,7 @@ def fit(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[checkpoints] + ([_StopAt(stop_at)] if stop_at else []),
+        callbacks=[checkpoints, *callbacks] + ([_StopAt(stop_at)] if stop_at else []),
     )
     if stop_at:
         with pytest.raises(_Killed):
@@ -230,3 +231,79 @@ def test_resume_inside_an_epoch_survives_estimated_stepping_batches(
     replayed = fit(tmp_path / "D", LitClassifier, ckpt=tmp_path / "B" / "last.ckpt")
     assert replayed["global_step"] == unbroken["global_step"]  # Lightning stops at the epoch's batch count
     assert len(differing(unbroken, replayed)) > 100  # of 153 (weights and buffers) + 66 (momenta)
+
+
+class _Validations(Callback):
+    """The val/acc of each validation epoch of a run, in order."""
+
+    def __init__(self) -> None:
+        self.accuracies: list[float] = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.accuracies.append(float(trainer.callback_metrics["val/acc"]))
+
+
+@pytest.mark.slow
+def test_a_step_checkpoint_on_an_epochs_last_batch_waits_for_its_validation(tmp_path: Path) -> None:
+    """Every 4 steps, 4 steps an epoch: each step save falls on an epoch's last batch, after which the epoch's
+    validation runs. Lightning resumes such a checkpoint as if that validation had run, so it must be in it."""
+    every, seen = STEPS_PER_EPOCH, {name: _Validations() for name in ("A", "B", "C", "B0", "C0")}
+    unbroken = fit(tmp_path / "A", LitClassifier, every=every, callbacks=[seen["A"]])
+    assert len(seen["A"].accuracies) == 2
+
+    fit(tmp_path / "B", LitClassifier, stop_at=5, every=every, callbacks=[seen["B"]])
+    saved = _load(tmp_path / "B" / "last.ckpt")
+    assert saved["global_step"] == STEPS_PER_EPOCH
+    # saved after epoch 0's validation: its best accuracy is in the checkpoint
+    assert saved["state_dict"]["val_acc_best.max_value"].item() == pytest.approx(seen["A"].accuracies[0])
+    resumed = fit(
+        tmp_path / "C", LitClassifier, ckpt=tmp_path / "B" / "last.ckpt", every=every, callbacks=[seen["C"]]
+    )
+    assert seen["C"].accuracies == seen["A"].accuracies[1:]  # epoch 1's validation, once
+    assert differing(unbroken, resumed) == []  # weights, momenta and the best accuracy
+
+    # the control, Lightning's own ModelCheckpoint: saved before the validation, which the resumed run skips, so
+    # epoch 0 is never validated in the resumed run's history
+    fit(
+        tmp_path / "B0",
+        LitClassifier,
+        stop_at=5,
+        every=every,
+        callbacks=[seen["B0"]],
+        checkpoint_class=ModelCheckpoint,
+    )
+    saved = _load(tmp_path / "B0" / "last.ckpt")
+    assert saved["global_step"] == STEPS_PER_EPOCH
+    assert saved["state_dict"]["val_acc_best.max_value"].item() == float("-inf")
+    fit(
+        tmp_path / "C0",
+        LitClassifier,
+        ckpt=tmp_path / "B0" / "last.ckpt",
+        every=every,
+        callbacks=[seen["C0"]],
+    )
+    assert seen["C0"].accuracies == seen["A"].accuracies[1:]
+
+
+@pytest.mark.slow
+def test_a_run_resumed_from_a_finished_training_tests_and_reports_its_best(tmp_path: Path) -> None:
+    """The unbroken run's step checkpoint on the final batch (step 12, every 3) waits for the final validation;
+    resumed, nothing is left to train, and the run still ends with its summary (a job requeued while it tested
+    ended with "optimized_metric 'val/acc_best' was not logged")."""
+    first, again = tmp_path / "A", tmp_path / "C"
+    _finish(_start(f"hydra.run.dir={first}", "test=true"))
+    last = first / "checkpoints" / "last.ckpt"
+    best = json.loads((first / "summary.json").read_text())["metrics"]["val/acc_best"]
+    saved = _load(last)
+    assert saved["global_step"] == EPOCHS * STEPS_PER_EPOCH
+    assert saved["state_dict"]["val_acc_best.max_value"].item() == pytest.approx(best)
+
+    _finish(_start(f"hydra.run.dir={again}", "test=true", f"ckpt_path={last}"))
+    summary = json.loads((again / "summary.json").read_text())["metrics"]
+    assert summary["val/acc_best"] == pytest.approx(best)
+    assert 0 <= summary["test/acc"] <= 1
+    assert (
+        f"Nothing was left to train: {last} had trained {EPOCHS} of trainer.max_epochs={EPOCHS} epochs (raise "
+        f"trainer.max_epochs to train on); its best val/acc is {best:.4f}."
+        in (again / "train.log").read_text()
+    )

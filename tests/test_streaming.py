@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -164,7 +163,8 @@ def _train(*arguments: str) -> subprocess.Popen:
 def test_streamed_run_killed_inside_an_epoch_resumes_exactly_with_workers(
     streamed: Path, tmp_path: Path
 ) -> None:
-    from tests.test_resume_mid_epoch import EPOCHS, RUN, _finish, _kill_inside_second_epoch, _load
+    from tests.kill_at_step import kill_at
+    from tests.test_resume_mid_epoch import EPOCHS, KILL_AT, RUN, _finish, _killed_inside_second_epoch, _load
 
     run = [a for a in RUN if not a.startswith("data.")] + [
         "data=streaming",
@@ -174,10 +174,9 @@ def test_streamed_run_killed_inside_an_epoch_resumes_exactly_with_workers(
         "data.num_workers=2",
     ]
     unbroken = _train(*run, f"hydra.run.dir={tmp_path / 'A'}")
-    broken = _train(*run, f"hydra.run.dir={tmp_path / 'B'}")
+    broken = _train(*run, f"hydra.run.dir={tmp_path / 'B'}", *kill_at(KILL_AT))
     last = tmp_path / "B" / "checkpoints" / "last.ckpt"
-    killed_at = _kill_inside_second_epoch(broken, last)
-    assert broken.returncode == -signal.SIGKILL and killed_at % STEPS_PER_EPOCH
+    assert _killed_inside_second_epoch(broken, last) % STEPS_PER_EPOCH
     _finish(unbroken)
     _finish(_train(*run, f"hydra.run.dir={tmp_path / 'C'}", f"ckpt_path={last}"))
     final_a = _load(tmp_path / "A" / "checkpoints" / "last.ckpt")

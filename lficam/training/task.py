@@ -138,6 +138,8 @@ def _fit_and_test_in_folder(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics.update(_floats(trainer.callback_metrics))
+        if "val/acc_best" not in metrics and cfg.get("ckpt_path"):
+            metrics.update(_best_of_a_finished_checkpoint(module, trainer, cfg.ckpt_path))
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None and cfg.get("train", True) else None
@@ -159,6 +161,21 @@ def _fit_and_test_in_folder(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return metrics
+
+
+def _best_of_a_finished_checkpoint(module: pl.LightningModule, trainer: pl.Trainer, ckpt_path: str) -> dict:
+    """A run resumed from a checkpoint whose training had ended (a job requeued while it tested, or the same
+    ``ckpt_path`` given again) trains and validates nothing; its best validation accuracy is the checkpoint's,
+    which the module restored with its state."""
+    best = float(module.val_acc_best.max_value)
+    if not math.isfinite(best):  # no validation had run before the checkpoint
+        return {}
+    log.info(
+        f"Nothing was left to train: {ckpt_path} had trained {trainer.current_epoch} of "
+        f"trainer.max_epochs={trainer.max_epochs} epochs (raise trainer.max_epochs to train on); its best "
+        f"val/acc is {best:.4f}."
+    )
+    return {"val/acc_best": best}
 
 
 def folder_relative(path: str, folder: Path) -> str:
