@@ -24,6 +24,7 @@ from lficam.core.errors import UserError
 from lficam.data import StreamingDataModule
 from lficam.data.stream_write import write_streamed
 from lficam.training.module import LitClassifier
+from tests import warm_python
 from tests.test_resume_mid_epoch import (
     BATCH,
     STEPS_PER_EPOCH,
@@ -153,7 +154,7 @@ def test_streamed_resume_inside_an_epoch_survives_estimated_stepping_batches(
 
 def _train(*arguments: str) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
+    return warm_python.popen(
         [sys.executable, str(ROOT / "train.py"), *arguments],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
@@ -308,7 +309,7 @@ def test_an_image_folder_streams_with_its_masks_boxes_and_transforms(tmp_path: P
     from tests.test_data_image_folder import write_folder
 
     write_folder(tmp_path / "folder", splits=("train", "val", "test"))
-    done = subprocess.run(
+    done = warm_python.run(
         [
             sys.executable,
             "-m",

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from lficam.core.errors import UserError
+from tests import warm_python
 from tests.object_store import StoreUnavailable, free_port, seaweedfs
 
 pytestmark = pytest.mark.slow  # each test needs the server, a subprocess
@@ -42,7 +43,7 @@ TINY_SOURCE = ["data.image_size=16", "data.train_size=64", "data.val_size=32", "
 
 def _run(command: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run(
+    return warm_python.run(
         [sys.executable, *command], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
     )
 
