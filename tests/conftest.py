@@ -15,6 +15,9 @@ from omegaconf import DictConfig, open_dict
 
 from tests import warm_python
 
+# the longest test modules first (make test's workers end together): tests/longest_first.py
+pytest_plugins = ["tests.longest_first"]
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
