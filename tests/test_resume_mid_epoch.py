@@ -178,6 +178,7 @@ def fit(
     every: int = EVERY,
     callbacks: Sequence[Callback] = (),
     checkpoint_class: type[ModelCheckpoint] = LastCheckpoint,
+    **trainer_options: Any,
 ) -> dict[str, Any] | None:
     """Train a tiny LFI-CAM for 2 epochs of 4 steps (last.ckpt every ``every`` steps, written as train.py
     writes it) in this process; returns the final checkpoint, or None when ``stop_at`` ends the run with an
@@ -204,6 +205,7 @@ def fit(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=[checkpoints, *callbacks] + ([_StopAt(stop_at)] if stop_at else []),
+        **trainer_options,
     )
     if stop_at:
         with pytest.raises(_Killed):
@@ -234,13 +236,20 @@ def test_resume_inside_an_epoch_survives_estimated_stepping_batches(
 
 
 class _Validations(Callback):
-    """The val/acc of each validation epoch of a run, in order."""
+    """The val/acc of each validation of a run, in order; saved in its checkpoints and restored on resume, so
+    a resumed run's list is the history its checkpoint had plus what it validated itself."""
 
     def __init__(self) -> None:
         self.accuracies: list[float] = []
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.accuracies.append(float(trainer.callback_metrics["val/acc"]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"accuracies": list(self.accuracies)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.accuracies = list(state_dict["accuracies"])
 
 
 @pytest.mark.slow
@@ -259,7 +268,7 @@ def test_a_step_checkpoint_on_an_epochs_last_batch_waits_for_its_validation(tmp_
     resumed = fit(
         tmp_path / "C", LitClassifier, ckpt=tmp_path / "B" / "last.ckpt", every=every, callbacks=[seen["C"]]
     )
-    assert seen["C"].accuracies == seen["A"].accuracies[1:]  # epoch 1's validation, once
+    assert seen["C"].accuracies == seen["A"].accuracies  # epoch 0's from the checkpoint, then epoch 1's
     assert differing(unbroken, resumed) == []  # weights, momenta and the best accuracy
 
     # the control, Lightning's own ModelCheckpoint: saved before the validation, which the resumed run skips, so
@@ -282,7 +291,44 @@ def test_a_step_checkpoint_on_an_epochs_last_batch_waits_for_its_validation(tmp_
         every=every,
         callbacks=[seen["C0"]],
     )
-    assert seen["C0"].accuracies == seen["A"].accuracies[1:]
+    assert seen["C0"].accuracies == seen["A"].accuracies[1:]  # epoch 0's validation is lost
+
+
+@pytest.mark.slow
+def test_a_step_checkpoint_at_a_validation_inside_the_epoch_waits_for_it(tmp_path: Path) -> None:
+    """Validation every 2 batches (val_check_interval=2) and a step save every 2: the save at step 6, inside
+    epoch 1, is written once that validation has ended, and the resumed run goes on from there."""
+    seen = {name: _Validations() for name in ("A", "B", "C")}
+    options = {"every": 2, "val_check_interval": 2}
+    unbroken = fit(tmp_path / "A", LitClassifier, callbacks=[seen["A"]], **options)
+    assert len(seen["A"].accuracies) == 4  # two a epoch
+
+    fit(tmp_path / "B", LitClassifier, stop_at=7, callbacks=[seen["B"]], **options)
+    saved = _load(tmp_path / "B" / "last.ckpt")
+    assert saved["global_step"] == 6
+    # after the third validation: the best of the first three is in it
+    assert saved["state_dict"]["val_acc_best.max_value"].item() == pytest.approx(
+        max(seen["A"].accuracies[:3])
+    )
+    resumed = fit(
+        tmp_path / "C", LitClassifier, ckpt=tmp_path / "B" / "last.ckpt", callbacks=[seen["C"]], **options
+    )
+    assert seen["C"].accuracies == seen["A"].accuracies  # three from the checkpoint, then the fourth
+    assert differing(unbroken, resumed) == []
+
+    # the control, Lightning's own ModelCheckpoint: saved before the third validation, which the resumed run skips
+    control = {"callbacks": [_Validations()], "checkpoint_class": ModelCheckpoint, **options}
+    fit(tmp_path / "B0", LitClassifier, stop_at=7, **control)
+    lost = _Validations()
+    fit(
+        tmp_path / "C0",
+        LitClassifier,
+        ckpt=tmp_path / "B0" / "last.ckpt",
+        callbacks=[lost],
+        checkpoint_class=ModelCheckpoint,
+        **options,
+    )
+    assert lost.accuracies == seen["A"].accuracies[:2] + seen["A"].accuracies[3:]
 
 
 @pytest.mark.slow
