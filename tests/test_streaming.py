@@ -186,6 +186,20 @@ def test_streamed_run_killed_inside_an_epoch_resumes_exactly_with_workers(
     assert differing(final_a, final_c) == []
 
 
+def test_data_mean_and_std_normalise_what_the_split_hands_out(streamed: Path) -> None:
+    """data.mean / data.std replace the source's normalisation in the items, as describe_input says."""
+    source, chosen = streaming(streamed), streaming(streamed, mean=(0.5, 0.25, 0.0), std=(0.2, 0.4, 1.0))
+    source.setup("validate")
+    chosen.setup("validate")
+    assert chosen.describe_input()["mean"] == [0.5, 0.25, 0.0]
+    given, mine = source.val_set[3]["image"], chosen.val_set[3]["image"]
+    pixels = given * torch.tensor(source.std).view(3, 1, 1) + torch.tensor(source.mean).view(3, 1, 1)
+    expected = (pixels - torch.tensor([0.5, 0.25, 0.0]).view(3, 1, 1)) / torch.tensor([0.2, 0.4, 1.0]).view(
+        3, 1, 1
+    )
+    assert torch.allclose(mine, expected, atol=1e-5)
+
+
 # --- bad input: one sentence each ---
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,15 @@ def _split_dataset_class() -> type:
         """One split's chunks as model inputs: decoded, augmented like the source, normalised."""
 
         def __init__(
-            self, input_dir: str, *, metadata: StreamMetadata, augment: bool, aug_seed: int, **options: Any
+            self,
+            input_dir: str,
+            *,
+            metadata: StreamMetadata,
+            augment: bool,
+            aug_seed: int,
+            mean: tuple[float, float, float] | None = None,
+            std: tuple[float, float, float] | None = None,
+            **options: Any,
         ) -> None:
             self.total = check_index(input_dir)  # before litdata reads a chunk
             if is_remote(input_dir):
@@ -138,8 +147,9 @@ def _split_dataset_class() -> type:
             # iteration fetches them, read correctly.
             self._on_demand_bytes = False  # (its setter demands a cache, which litdata makes later)
             self.augment, self.aug_seed, self.padding = augment, aug_seed, metadata.padding
-            self.mean = torch.tensor(metadata.mean, dtype=torch.float32).view(3, 1, 1)
-            self.std = torch.tensor(metadata.std, dtype=torch.float32).view(3, 1, 1)
+            mean, std = mean or metadata.mean, std or metadata.std  # data.mean / data.std, else the source's
+            self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+            self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
             self.folder_transform = None
             if metadata.resized_crop is not None:  # an image folder's: its transform, its draws
                 self.folder_transform = folder_transform(
@@ -147,8 +157,8 @@ def _split_dataset_class() -> type:
                     metadata.image_size,
                     metadata.resized_crop["scale"],
                     int(metadata.resized_crop["resize_size"]),
-                    metadata.mean,
-                    metadata.std,
+                    mean,
+                    std,
                 )
                 self.draws = EpochSeededDataset(seed=aug_seed, augment=augment)
                 self.draws.stream = ImageFileDataset.stream
@@ -160,28 +170,28 @@ def _split_dataset_class() -> type:
                 f"({type(error).__name__}: {reason}); write it again with lficam-optimize."
             )
 
+        @contextmanager
+        def _chunk_errors(self) -> Iterator[None]:
+            """litdata's errors of a damaged chunk as one sentence (a UserError, itself a ValueError, passes)."""
+            try:
+                yield
+            except UserError:
+                raise
+            except _DAMAGED as error:
+                raise self._damaged(error) from error
+
         # litdata checks a chunk's header when iteration starts (the first chunks) or reaches it
         def __iter__(self) -> Any:
-            try:
+            with self._chunk_errors():
                 return super().__iter__()
-            except UserError:
-                raise
-            except _DAMAGED as error:
-                raise self._damaged(error) from error
 
         def __next__(self) -> Any:
-            try:
+            with self._chunk_errors():
                 return super().__next__()
-            except UserError:
-                raise
-            except _DAMAGED as error:
-                raise self._damaged(error) from error
 
         def __getitem__(self, index: Any) -> dict[str, Tensor]:
-            try:
+            with self._chunk_errors():
                 image, label, source_index, mask = decode_item(super().__getitem__(index))
-            except _DAMAGED as error:
-                raise self._damaged(error) from error
             if self.folder_transform is not None:
                 return self._folder_item(image, label, source_index, mask)
             if self.augment:
@@ -337,10 +347,11 @@ class StreamingDataModule(ClassificationDataModule):
         if self.cache_dir:
             options["cache_dir"] = str(Path(self.cache_dir) / split)
         options["max_cache_size"] = self.max_cache_size
-        metadata = self.metadata
         return _split_dataset_class()(
             f"{self.input_dir}/{split}",
-            metadata=metadata,
+            metadata=self.metadata,
+            mean=self.mean,
+            std=self.std,
             augment=train and self.augment,
             aug_seed=self.shuffle_seed,
             **options,
@@ -358,14 +369,7 @@ class StreamingDataModule(ClassificationDataModule):
         if dataset is None:
             raise RuntimeError("The data module was used before setup(); call datamodule.setup(stage) first.")
         if not train:  # map-style, so Lightning shares it out under DDP (see EvaluationSplit)
-            return torch.utils.data.DataLoader(
-                dataset,
-                batch_size=self.eval_batch_size,
-                shuffle=False,
-                num_workers=self.num_workers,
-                pin_memory=self.pin_memory,
-                persistent_workers=self.persistent_workers and self.num_workers > 0,
-            )
+            return super()._loader(dataset, train=False)
         from litdata.utilities.env import _DistributedEnv
 
         # the split may have been built before the process group was (the run reads the data module's class
