@@ -39,7 +39,9 @@ def test_launcher_asks_gpus_only_of_a_gpu_trainer() -> None:
         "nodes": 2,
     }
     assert _launcher("trainer=cpu")["gpus_per_node"] is None
-    assert (gpus_per_node("cuda", 2), gpus_per_node("gpu", -1), gpus_per_node("auto", 1)) == (2, None, None)
+    assert (gpus_per_node("cuda", 2), gpus_per_node("auto", 1), gpus_per_node("cpu", 4)) == (2, None, None)
+    # a list of ids or "0,1" is that many GPUs, -1 and "auto" at least one (as the GPU check reads them)
+    assert [gpus_per_node("gpu", d) for d in ([0, 1], "0,1", -1, "auto")] == [2, 2, 1, 1]
 
 
 @pytest.mark.slow

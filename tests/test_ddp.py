@@ -22,7 +22,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lficam.cli import run_task
 from lficam.core.errors import UserError
 from lficam.models import create_model
-from lficam.training.distributed import _end_child_ranks, _requested_gpus, check_devices, job_command
+from lficam.training.distributed import _end_child_ranks, check_devices, job_command, requested_gpus
 from tests.conftest import module_from_checkpoint, quiet_trainer, run_quietly
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_ddp_configs_compose_into_ddp_trainers(tmp_path):
     ("devices", "count"), [(4, 4), (-1, 1), ("auto", 1), ("2", 2), ("0,1,3", 3), ([0, 2], 2)]
 )
 def test_requested_gpus(devices, count):
-    assert _requested_gpus(devices) == count
+    assert requested_gpus(devices) == count
 
 
 def test_ddp_config_without_gpus_is_one_sentence(tmp_path, monkeypatch, caplog):

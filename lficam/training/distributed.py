@@ -25,7 +25,7 @@ from lficam.core.errors import UserError
 log = logging.getLogger("lficam")
 
 
-def _requested_gpus(devices: Any) -> int:
+def requested_gpus(devices: Any) -> int:
     """How many GPUs ``trainer.devices`` asks for: a count, a list of ids, "0,1", or "auto"/-1 (at least one)."""
     if isinstance(devices, int):
         return 1 if devices == -1 else devices
@@ -46,7 +46,7 @@ def check_devices(cfg: DictConfig) -> None:
         return
     devices = trainer.get("devices", "auto")
     devices = OmegaConf.to_container(devices) if OmegaConf.is_config(devices) else devices
-    wanted, available = _requested_gpus(devices), torch.cuda.device_count()
+    wanted, available = requested_gpus(devices), torch.cuda.device_count()
     if wanted > available:
         raise UserError(
             f"trainer.accelerator={accelerator} with trainer.devices={devices} asks for {wanted} GPU(s) but this "
