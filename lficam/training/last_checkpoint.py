@@ -12,7 +12,6 @@ inside the epoch (``trainer.val_check_interval`` < 1).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,7 +23,8 @@ class LastCheckpoint(ModelCheckpoint):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._held_until: str | None = None  # "epoch_end" or "validation_end"
+        self._holding: str | None = None  # while the batch-end hook runs: where a save it makes would go
+        self._held_until: str | None = None  # a save held: "epoch_end" or "validation_end"
 
     @property
     def state_key(self) -> str:
@@ -34,11 +34,26 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if pl_module.automatic_optimization and _validation_follows(trainer) and self._save_due(trainer):
+        # Lightning decides whether a save is due at this batch (steps, time); one it makes here is held
+        if _validation_follows(trainer):
             last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-            self._held_until = "epoch_end" if last_batch else "validation_end"
+            self._holding = "epoch_end" if last_batch else "validation_end"
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._holding = None
+
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if self._holding:
+            self._held_until = self._holding
             return
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if self._holding:
+            self._held_until = self._holding
+            return
+        super()._save_last_checkpoint(trainer, monitor_candidates)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -49,21 +64,6 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self._held_until == "epoch_end":
             self._save_held(trainer)
-
-    def _save_due(self, trainer: pl.Trainer) -> bool:
-        """Whether Lightning would save at this batch: every ``every_n_train_steps`` optimiser steps, or once
-        ``train_time_interval`` has passed since the last save (rank 0's clock, as Lightning decides it)."""
-        steps = self._every_n_train_steps
-        if steps >= 1 and trainer.global_step % steps == 0:
-            return True
-        if self._train_time_interval is None or self._last_time_checked is None:
-            return False
-        now = time.monotonic()
-        due = now - self._last_time_checked >= self._train_time_interval.total_seconds()
-        if trainer.strategy.broadcast(due):
-            self._last_time_checked = now
-            return True
-        return False
 
     def _save_held(self, trainer: pl.Trainer) -> None:
         self._held_until = None
