@@ -19,7 +19,7 @@ from lficam.training.auto_resume import cluster_plugins, resolve_ckpt_path
 from lficam.training.config_checks import check_config, check_data
 from lficam.training.distributed import check_devices, check_rendezvous, ranks_join_this_run
 from lficam.training.finetune import resolve_normalization
-from lficam.training.loggers import instantiate_loggers
+from lficam.training.loggers import LogResume, instantiate_loggers
 from lficam.training.model_config import model_config_of
 from lficam.training.optimizers import split_optimizer_config
 from lficam.training.resume import start_from_checkpoint
@@ -138,7 +138,7 @@ def _fit_and_test_in_folder(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics.update(_floats(trainer.callback_metrics))
-        if "val/acc_best" not in metrics and cfg.get("ckpt_path"):
+        if "val/acc_best" not in metrics and _resumed_and_stepped_nothing(trainer, log_resume):
             metrics.update(_best_of_a_finished_checkpoint(module, trainer, cfg.ckpt_path))
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
@@ -161,6 +161,12 @@ def _fit_and_test_in_folder(cfg: DictConfig, trainers: list[pl.Trainer]) -> dict
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return metrics
+
+
+def _resumed_and_stepped_nothing(trainer: pl.Trainer, log_resume: LogResume | None) -> bool:
+    """Whether this fit resumed a checkpoint and trained no batch (its training had ended): Lightning's
+    logging-step counter is still the checkpoint's."""
+    return log_resume is not None and trainer.fit_loop.epoch_loop._batches_that_stepped == log_resume.step
 
 
 def _best_of_a_finished_checkpoint(module: pl.LightningModule, trainer: pl.Trainer, ckpt_path: str) -> dict:
