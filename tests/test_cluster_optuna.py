@@ -17,7 +17,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,15 +31,11 @@ from optuna.storages import RDBStorage
 from lficam.training.study_heartbeat import HeartbeatStorage
 from tests.cluster import ON_CLUSTER, ROOT, running_cluster, train_command
 from tests.conftest import finish, start
+from tests.object_store import free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 WORKERS, TRIALS_EACH = 3, 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+INTERVAL, GRACE = 1, 3  # the killed-worker test's heartbeat interval and grace period, in seconds
 
 
 def _as_postgres(*command: str) -> subprocess.CompletedProcess:
@@ -59,7 +54,7 @@ def postgres_url() -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="lficam-pg-", dir="/tmp"))
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
-    data, port = folder / "data", _free_port()
+    data, port = folder / "data", free_port()
     try:
         made = _as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "lficam")
         assert made.returncode == 0, made.stdout + made.stderr
@@ -127,7 +122,10 @@ def test_three_workers_share_one_study_in_postgresql(postgres_url: str, tmp_path
 def test_a_killed_workers_trial_is_failed_and_run_again(postgres_url: str, tmp_path: Path) -> None:
     study_name, beat = (
         "killed",
-        ["hydra.callbacks.trial_heartbeat.interval=1", "hydra.callbacks.trial_heartbeat.grace_period=3"],
+        [
+            f"hydra.callbacks.trial_heartbeat.interval={INTERVAL}",
+            f"hydra.callbacks.trial_heartbeat.grace_period={GRACE}",
+        ],
     )
     victim = _worker(postgres_url, study_name, 0, 1, tmp_path, "trainer.max_epochs=50", *beat)
     others = []
@@ -139,6 +137,9 @@ def test_a_killed_workers_trial_is_failed_and_run_again(postgres_url: str, tmp_p
             time.sleep(0.1)
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait()
+        # the others ask once the trial's last heartbeat (at most one interval before the kill) is past the grace
+        # period: forked from a warm interpreter, their trials can all be asked for inside it otherwise
+        time.sleep(INTERVAL + GRACE + 0.5)
         others = [_worker(postgres_url, study_name, seed, 2, tmp_path, *beat) for seed in (1, 2)]
         outputs = [finish(worker, timeout=400) for worker in others]
     finally:

@@ -27,6 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from optuna.storages import RDBStorage, RetryFailedTrialCallback, fail_stale_trials
 from optuna.storages._rdb import models  # optuna < 3 is pinned (hydra-optuna-sweeper 1.3.0)
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 from sqlalchemy import func
 
@@ -100,8 +101,7 @@ class HeartbeatStorage(RDBStorage):
         """The study's running trials whose last heartbeat is more than the grace period (default: two
         heartbeat intervals) older than the database's clock."""
         grace_period = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
-        session = self.scoped_session()
-        try:
+        with _create_scoped_session(self.scoped_session) as session:
             # the database's clock, as the heartbeats are written; PostgreSQL gives it with a time zone and
             # stores the heartbeats without one, in the session's zone
             now = session.execute(func.now()).scalar().replace(tzinfo=None)
@@ -115,9 +115,6 @@ class HeartbeatStorage(RDBStorage):
                 .filter(models.TrialModel.study_id == study_id)
                 .all()
             )
-            session.commit()
-        finally:
-            session.close()
         return [trial_id for trial_id, beat in beats if (now - beat).total_seconds() > grace_period]
 
 
