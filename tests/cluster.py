@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_resume import TINY_RUN as RESUME_RUN
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _spec = importlib.util.spec_from_file_location("slurm_cluster", ROOT / "scripts" / "slurm_cluster.py")
@@ -26,21 +28,9 @@ slurm_cluster_module = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(slurm_cluster_module)
 SlurmCluster = slurm_cluster_module.SlurmCluster
 
-# a run of a few seconds: 16 px shapes, no overlays, progress bars or test stage
-TINY_RUN = [
-    "data.image_size=16",
-    "data.train_size=64",
-    "data.val_size=32",
-    "data.batch_size=16",
-    "data.eval_batch_size=32",
-    "data.cache_dir=null",
-    "test=false",
-    "callbacks.progress_bar=null",
-    "callbacks.model_summary=null",
-    "callbacks.attention_overlays=null",
-    "+trainer.enable_progress_bar=false",
-    "+trainer.enable_model_summary=false",
-]
+# test_resume's run of a few seconds (16 px shapes, no overlays, progress bars or test stage), without its
+# epoch count and determinism: each cluster test sets its own
+TINY_RUN = [a for a in RESUME_RUN if not a.startswith(("trainer.max_epochs=", "trainer.deterministic="))]
 # the launcher on the test cluster: one CPU per task fits its node
 ON_CLUSTER = ["hydra/launcher=slurm", "hydra.launcher.partition=cpu", "hydra.launcher.cpus_per_task=1"]
 

@@ -24,7 +24,8 @@ class KillAtStep(pl.Callback):
             # its own process group, as the tests start it (a session of its own); never the test's
             if os.getpgid(0) == os.getpid():
                 os.killpg(0, signal.SIGKILL)
-            os.kill(os.getpid(), signal.SIGKILL)
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
 def kill_at(step: int) -> list[str]:

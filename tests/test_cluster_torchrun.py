@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.cluster import (
     train_command,
 )
 from tests.conftest import finish, start
+from tests.object_store import free_port
 from tests.test_resume import _load, _readable_epoch, differing_tensors
 
 EPOCHS = 3
@@ -44,12 +44,6 @@ SETTINGS = [
     "data.train_size=512",
     "data.image_size=32",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _agent(port: int, run: Path, *settings: str, restarts: int = 0) -> list[str]:
@@ -79,7 +73,7 @@ def _stop(agents: list) -> None:
 def test_a_second_node_whose_rendezvous_endpoint_does_not_answer_stops_with_one_sentence(
     tmp_path: Path,
 ) -> None:
-    port = _free_port()  # nothing listens there: no first node
+    port = free_port()  # nothing listens there: no first node
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_", "HYDRA_FULL"))}
     env.pop("LOCAL_RANK", None)
     env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": "1", "WORLD_SIZE": "2"}
@@ -117,7 +111,7 @@ def test_two_nodes_with_a_killed_worker_restart_resume_and_end_as_one_node_of_tw
     run unbroken on one node of two processes. (An unbroken two-node run is the same run with no kill: the
     resumed epochs are trained by the two nodes, so a difference between two nodes and one would show here.)"""
     reference_run, run = tmp_path / "one_node", tmp_path / "two_nodes"
-    port = _free_port()
+    port = free_port()
     agents = [start(_agent(port, run, *SETTINGS, restarts=1), dict(os.environ)) for _ in range(2)]
     # the unbroken run meanwhile: it fills the cores while the agents start, meet and restart
     reference = start(
