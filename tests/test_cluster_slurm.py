@@ -125,6 +125,13 @@ def test_each_way_a_sweep_cannot_run_is_one_sentence(slurm_cluster, tmp_path: Pa
         "hydra.launcher.partition=gpu-large is not a partition of this SLURM cluster; it has cpu" in unknown
     )
 
+    # a GPU asked of a partition without any: sbatch itself refuses the job
+    refused = sweep(*ON_CLUSTER, "hydra.launcher.gpus_per_node=1")
+    assert (
+        "Error: sbatch refused the sweep's jobs: sbatch: error: Invalid generic resource (gres) specification"
+        in refused
+    ), refused[-3000:]
+
     no_slurm = sweep(*ON_CLUSTER, env={**slurm_cluster.env(), "PATH": str(tmp_path / "empty")})
     assert "submits jobs with sbatch, which is not on PATH here" in no_slurm
 

@@ -175,12 +175,8 @@ def checked_launch(self: Any, job_overrides: Any, initial_job_idx: int) -> list[
         )
     try:
         jobs = executor.map_array(self, *zip(*job_params))
-    except subprocess.CalledProcessError as error:
-        raise UserError(f"sbatch refused the sweep's jobs: {_sbatch_reason(error)}") from error
-    except Exception as error:  # submitit wraps sbatch's refusal in a FailedJobError
-        if "sbatch" not in str(error):
-            raise
-        raise UserError(f"sbatch refused the sweep's jobs: {_sbatch_reason(error)}") from error
+    except submitit.core.utils.FailedJobError as error:  # sbatch's refusal; the message is its stderr
+        raise UserError(f"sbatch refused the sweep's jobs: {_sbatch_reason(str(error))}") from error
     log.info(
         "SLURM jobs %s; logs in %s", ", ".join(str(j.job_id) for j in jobs), self.params["submitit_folder"]
     )
@@ -188,12 +184,11 @@ def checked_launch(self: Any, job_overrides: Any, initial_job_idx: int) -> list[
     return [job.results()[0] for job in jobs]
 
 
-def _sbatch_reason(error: Exception) -> str:
-    text = str(getattr(error, "stderr", None) or getattr(error, "output", None) or error)
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    lines = [line for line in text.splitlines() if "error" in line.lower()]
-    return (lines[-1] if lines else text.strip().splitlines()[-1]).strip()
+def _sbatch_reason(text: str) -> str:
+    """sbatch's last error line, else its last line."""
+    lines = text.strip().splitlines() or ["(no output)"]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines)[-1].strip()
 
 
 def install() -> None:
