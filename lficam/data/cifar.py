@@ -27,6 +27,7 @@ from torch import Tensor
 
 from lficam.core.errors import UserError
 from lficam.data.base import ClassificationDataModule
+from lficam.data.in_memory import crop_and_flip_draws
 from lficam.data.safe_pickle import MAX_BYTES, PickleRefused, read_pickle
 from lficam.data.seeding import EpochSeededDataset
 
@@ -117,9 +118,7 @@ class ArrayImageDataset(EpochSeededDataset):
     def crop_and_flip(self, index: int, epoch: int | None = None) -> tuple[int, int, bool]:
         """(top, left, flip) of image ``index`` in ``epoch`` (default: :meth:`epoch_of` ``index``): offsets
         into the padded image, each uniform on 0…2·padding, and a flip with probability ½."""
-        side = 2 * self.padding + 1
-        offsets = self.draw(index, "crop", epoch=epoch)
-        return (offsets // side) % side, offsets % side, bool(self.draw(index, "flip", epoch=epoch) & 1)
+        return crop_and_flip_draws(self, index, self.padding, epoch)
 
     def __getitem__(self, item: int) -> dict[str, Tensor]:
         index = int(self.indices[item])

@@ -150,9 +150,7 @@ class MaskedImageDataset(EpochSeededDataset):
 
     def crop_and_flip(self, index: int) -> tuple[int, int, bool]:
         """(top, left, flip) of image ``index`` in this epoch: offsets into the padded image, 0…2·padding."""
-        side = 2 * self.padding + 1
-        crop = self.draw(index, "crop") if self.padding else 0
-        return (crop // side) % side, crop % side, bool(self.draw(index, "flip") & 1)
+        return crop_and_flip_draws(self, index, self.padding)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         image, mask = self.images[index], self.masks[index]
@@ -164,6 +162,18 @@ class MaskedImageDataset(EpochSeededDataset):
             "mask": mask,
             "index": torch.tensor(index),
         }
+
+
+def crop_and_flip_draws(
+    draws: EpochSeededDataset, index: int, padding: int, epoch: int | None = None
+) -> tuple[int, int, bool]:
+    """(top, left, flip) of image ``index``: offsets into the ``padding``-padded image, each uniform on
+    0…2·padding, and a flip with probability ½, drawn from ``draws``' "crop" and "flip" streams (in ``epoch``,
+    by default the one ``draws`` gives the index). The one draw of every padded-crop data set and of the
+    streamed copies of their items, so that these stay the same images."""
+    side = 2 * padding + 1
+    crop = draws.draw(index, "crop", epoch=epoch) if padding else 0
+    return (crop // side) % side, crop % side, bool(draws.draw(index, "flip", epoch=epoch) & 1)
 
 
 def crop_and_flip(

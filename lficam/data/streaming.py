@@ -34,9 +34,9 @@ from torchvision import tv_tensors
 from lficam.core.errors import UserError
 from lficam.data.base import INPUT_KEY, ClassificationDataModule
 from lficam.data.image_folder import ImageFileDataset, folder_transform
-from lficam.data.in_memory import crop_and_flip, normalized
+from lficam.data.in_memory import crop_and_flip, crop_and_flip_draws, normalized
 from lficam.data.object_store import allow_plain_http_endpoint, exists, is_remote, read_text
-from lficam.data.seeding import EpochSeededDataset, hash_seed, stream_id
+from lficam.data.seeding import EpochSeededDataset
 from lficam.data.stream_items import ITEM_FORMATS, METADATA_FILE, StreamMetadata, decode_item
 
 _LOADER_KEY = "lficam_train_loader"
@@ -151,6 +151,7 @@ def _split_dataset_class() -> type:
             self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
             self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
             self.folder_transform = None
+            self.draws = EpochSeededDataset(seed=aug_seed, augment=augment)
             if metadata.resized_crop is not None:  # an image folder's: its transform, its draws
                 self.folder_transform = folder_transform(
                     augment,
@@ -160,7 +161,6 @@ def _split_dataset_class() -> type:
                     mean,
                     std,
                 )
-                self.draws = EpochSeededDataset(seed=aug_seed, augment=augment)
                 self.draws.stream = ImageFileDataset.stream
 
         def _damaged(self, error: Exception) -> UserError:
@@ -196,13 +196,8 @@ def _split_dataset_class() -> type:
                 return self._folder_item(image, label, source_index, mask)
             if self.augment:
                 # litdata counts epochs from 1, Lightning from 0: epoch e draws what the source draws in e
-                epoch = self.current_epoch - 1
-                side = 2 * self.padding + 1
-                crop = hash_seed(self.aug_seed, stream_id("crop"), epoch, source_index) if self.padding else 0
-                flip = bool(hash_seed(self.aug_seed, stream_id("flip"), epoch, source_index) & 1)
-                image, mask = crop_and_flip(
-                    image, mask, (crop // side) % side, crop % side, flip, padding=self.padding
-                )
+                offsets = crop_and_flip_draws(self.draws, source_index, self.padding, self.current_epoch - 1)
+                image, mask = crop_and_flip(image, mask, *offsets, padding=self.padding)
             item = {
                 "image": normalized(image, self.mean, self.std),
                 "label": torch.tensor(label),
